@@ -1,0 +1,1 @@
+//! The benchmark harness (`tandem-bench`). Its subcommands arrive with the bench issue.
