@@ -161,7 +161,10 @@ impl ActivityLog {
 
     /// Extents in the log, in slot order.
     pub fn active_extents(&self) -> impl Iterator<Item = u64> + '_ {
-        self.slots.iter().filter_map(|slot| slot.extent).filter(|e| self.index.contains_key(e))
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.extent)
+            .filter(|e| self.index.contains_key(e))
     }
 
     /// Number of slots.
@@ -176,7 +179,10 @@ impl ActivityLog {
 
     /// A write into `extent` starts; the extent must be active.
     pub fn acquire(&mut self, extent: u64) {
-        let slot = *self.index.get(&extent).expect("acquire of an inactive extent");
+        let slot = *self
+            .index
+            .get(&extent)
+            .expect("acquire of an inactive extent");
         self.clock += 1;
         let slot = &mut self.slots[slot as usize];
         slot.writes_in_flight += 1;
@@ -185,44 +191,67 @@ impl ActivityLog {
 
     /// A write into `extent` ended.
     pub fn release(&mut self, extent: u64) {
-        let slot = *self.index.get(&extent).expect("release of an inactive extent");
+        let slot = *self
+            .index
+            .get(&extent)
+            .expect("release of an inactive extent");
         let slot = &mut self.slots[slot as usize];
         assert!(slot.writes_in_flight > 0, "release without acquire");
         slot.writes_in_flight -= 1;
     }
 
     /// Starts a transaction that brings as many of `wanted` (cold extents, in order of need)
-    /// into the log as there are evictable slots. Returns `None` if no slot can be freed now
-    /// (every slot has writes in flight) or nothing is wanted.
-    pub fn begin_transaction(&mut self, wanted: &[u64]) -> Option<Transaction> {
+    /// into the log as there are evictable slots. A slot is evictable when no write is in
+    /// flight in its extent and its extent is not in `protected` (hot extents that queued writes
+    /// are about to use: evicting those would make the log thrash). Returns `None` if no slot
+    /// can be freed now or nothing is wanted.
+    pub fn begin_transaction(&mut self, wanted: &[u64], protected: &[u64]) -> Option<Transaction> {
         assert!(!self.in_transaction, "one transaction at a time");
         let mut changes = Vec::new();
         for &extent in wanted {
             assert!(extent < self.extent_count, "extent past the end");
-            if self.index.contains_key(&extent) || changes.iter().any(|c: &SlotChange| c.added == extent) {
+            if self.index.contains_key(&extent)
+                || changes.iter().any(|c: &SlotChange| c.added == extent)
+            {
                 continue;
             }
-            let Some(slot) = self.victim() else { break };
+            let Some(slot) = self.victim(protected) else {
+                break;
+            };
             let evicted = self.slots[slot as usize].extent;
             if let Some(old) = evicted {
                 self.index.remove(&old);
             }
-            self.slots[slot as usize] =
-                Slot { extent: Some(extent), writes_in_flight: 0, last_used: 0, changing: true };
-            changes.push(SlotChange { slot, evicted, added: extent });
+            self.slots[slot as usize] = Slot {
+                extent: Some(extent),
+                writes_in_flight: 0,
+                last_used: 0,
+                changing: true,
+            };
+            changes.push(SlotChange {
+                slot,
+                evicted,
+                added: extent,
+            });
         }
         if changes.is_empty() {
             return None;
         }
         self.in_transaction = true;
         self.transaction_sequence += 1;
-        Some(Transaction { sequence: self.transaction_sequence, changes })
+        Some(Transaction {
+            sequence: self.transaction_sequence,
+            changes,
+        })
     }
 
     /// The block copies a transaction writes.
     pub fn block_writes(&self, transaction: &Transaction, instance_tag: u32) -> Vec<BlockWrite> {
-        let mut blocks: Vec<u32> =
-            transaction.changes.iter().map(|c| c.slot / AL_SLOTS_PER_BLOCK).collect();
+        let mut blocks: Vec<u32> = transaction
+            .changes
+            .iter()
+            .map(|c| c.slot / AL_SLOTS_PER_BLOCK)
+            .collect();
         blocks.sort_unstable();
         blocks.dedup();
         blocks
@@ -245,8 +274,11 @@ impl ActivityLog {
             self.index.insert(change.added, change.slot);
         }
         // Several changes may share a block: each written block flips its copy once.
-        let mut blocks: Vec<usize> =
-            transaction.changes.iter().map(|c| (c.slot / AL_SLOTS_PER_BLOCK) as usize).collect();
+        let mut blocks: Vec<usize> = transaction
+            .changes
+            .iter()
+            .map(|c| (c.slot / AL_SLOTS_PER_BLOCK) as usize)
+            .collect();
         blocks.sort_unstable();
         blocks.dedup();
         for block in blocks {
@@ -255,13 +287,20 @@ impl ActivityLog {
         self.in_transaction = false;
     }
 
-    fn victim(&self) -> Option<u32> {
+    fn victim(&self, protected: &[u64]) -> Option<u32> {
         let mut best: Option<(u64, u32)> = None;
         for (index, slot) in self.slots.iter().enumerate() {
-            if slot.changing || slot.writes_in_flight > 0 {
+            let is_protected = slot
+                .extent
+                .is_some_and(|extent| protected.contains(&extent));
+            if slot.changing || slot.writes_in_flight > 0 || is_protected {
                 continue;
             }
-            let age = if slot.extent.is_none() { 0 } else { slot.last_used + 1 };
+            let age = if slot.extent.is_none() {
+                0
+            } else {
+                slot.last_used + 1
+            };
             if best.is_none_or(|(best_age, _)| age < best_age) {
                 best = Some((age, index as u32));
                 if age == 0 {
@@ -349,7 +388,11 @@ pub fn recover(layout: &Layout, region: &[u8], instance_tag: u32) -> AlRecovery 
 }
 
 /// Decodes one block copy into its sequence and slots, or `None` if it fails its checks.
-pub fn decode_block(bytes: &[u8], block: u32, instance_tag: u32) -> Option<(u64, Vec<Option<u64>>)> {
+pub fn decode_block(
+    bytes: &[u8],
+    block: u32,
+    instance_tag: u32,
+) -> Option<(u64, Vec<Option<u64>>)> {
     let body = verify_trailing_checksum(bytes)?;
     let mut r = FieldReader::new(body);
     if r.u32()? != AL_BLOCK_MAGIC || r.u32()? != block {
@@ -361,7 +404,10 @@ pub fn decode_block(bytes: &[u8], block: u32, instance_tag: u32) -> Option<(u64,
     }
     r.skip(12)?;
     let slots = (0..AL_SLOTS_PER_BLOCK)
-        .map(|_| r.u32().map(|code| (code != EMPTY_SLOT).then_some(u64::from(code))))
+        .map(|_| {
+            r.u32()
+                .map(|code| (code != EMPTY_SLOT).then_some(u64::from(code)))
+        })
         .collect::<Option<Vec<_>>>()?;
     Some((sequence, slots))
 }
@@ -394,7 +440,9 @@ mod tests {
         let tag = 9;
         let mut region = vec![0u8; (2 * BLOCK_BYTES) as usize];
         let mut log = ActivityLog::new(&layout);
-        let t = log.begin_transaction(&[5, 6, 7]).expect("three free slots");
+        let t = log
+            .begin_transaction(&[5, 6, 7], &[])
+            .expect("three free slots");
         write_all(&log, &t, &mut region, tag);
         log.commit(&t);
         log.acquire(5);
@@ -403,7 +451,13 @@ mod tests {
         log.acquire(7);
         log.release(7);
         // 5 is busy; 6 is the least recently used idle extent.
-        let t = log.begin_transaction(&[8]).expect("one evictable slot");
+        assert!(
+            log.begin_transaction(&[8], &[6, 7]).is_none(),
+            "6 and 7 are protected"
+        );
+        let t = log
+            .begin_transaction(&[8], &[])
+            .expect("one evictable slot");
         assert_eq!(t.changes[0].evicted, Some(6));
         assert!(!log.is_active(6) && !log.is_active(8));
         write_all(&log, &t, &mut region, tag);
@@ -420,7 +474,11 @@ mod tests {
         let recovery = recover(&layout, &region, tag);
         let mut found: Vec<u64> = recovery.slots.iter().flatten().copied().collect();
         found.sort_unstable();
-        assert_eq!(found, vec![5, 6, 7], "the older copy still lists the evicted extent");
+        assert_eq!(
+            found,
+            vec![5, 6, 7],
+            "the older copy still lists the evicted extent"
+        );
         assert_eq!(recovery.torn_copies, 1);
     }
 
@@ -428,11 +486,11 @@ mod tests {
     fn busy_slots_block_eviction() {
         let layout = layout(1);
         let mut log = ActivityLog::new(&layout);
-        let t = log.begin_transaction(&[1]).expect("free slot");
+        let t = log.begin_transaction(&[1], &[]).expect("free slot");
         log.commit(&t);
         log.acquire(1);
-        assert!(log.begin_transaction(&[2]).is_none());
+        assert!(log.begin_transaction(&[2], &[]).is_none());
         log.release(1);
-        assert!(log.begin_transaction(&[2]).is_some());
+        assert!(log.begin_transaction(&[2], &[]).is_some());
     }
 }

@@ -43,8 +43,12 @@ pub struct DirtyBitmap {
     weight: u64,
     /// Bumped whenever a bit in the page changes.
     page_versions: Vec<u64>,
-    /// The version last handed out for writing (durable once that write completes).
+    /// The version last handed out for writing.
     page_written_versions: Vec<u64>,
+    /// The version the last completed write captured: what the disk holds.
+    page_durable_versions: Vec<u64>,
+    /// A write of the page is in flight (at most one, so writes never overtake each other).
+    page_writing: Vec<bool>,
 }
 
 /// What a page write carries: the encoded page and the version it captured.
@@ -70,6 +74,8 @@ impl DirtyBitmap {
             weight: 0,
             page_versions: vec![0; pages],
             page_written_versions: vec![0; pages],
+            page_durable_versions: vec![0; pages],
+            page_writing: vec![false; pages],
         }
     }
 
@@ -161,21 +167,69 @@ impl DirtyBitmap {
         self.page_versions[page as usize] != self.page_written_versions[page as usize]
     }
 
-    /// Pages that changed since they were last handed out for writing.
-    pub fn pages_needing_write(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.page_versions.len() as u32).filter(|&page| self.page_needs_write(page))
+    /// Pages that changed since they were last handed out for writing and have no write in
+    /// flight: the ones a flush may write now.
+    pub fn pages_ready_to_write(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.page_versions.len() as u32)
+            .filter(|&page| self.page_needs_write(page) && !self.page_writing[page as usize])
+    }
+
+    /// Whether a write of page `page` is in flight.
+    pub fn page_is_writing(&self, page: u32) -> bool {
+        self.page_writing[page as usize]
+    }
+
+    /// The page's current version.
+    pub fn page_version(&self, page: u32) -> u64 {
+        self.page_versions[page as usize]
+    }
+
+    /// Whether the disk holds page `page` at version `version` or later.
+    pub fn page_durable_at(&self, page: u32, version: u64) -> bool {
+        self.page_durable_versions[page as usize] >= version
     }
 
     /// Encodes page `page` for writing and records that its current version is being written.
+    /// One write per page is in flight at a time.
     pub fn begin_page_write(&mut self, page: u32, instance_tag: u32) -> PageImage {
+        assert!(
+            !self.page_writing[page as usize],
+            "one write per page at a time"
+        );
         let version = self.page_versions[page as usize];
         self.page_written_versions[page as usize] = version;
-        PageImage { page, bytes: self.encode_page(page, instance_tag), version }
+        self.page_writing[page as usize] = true;
+        PageImage {
+            page,
+            bytes: self.encode_page(page, instance_tag),
+            version,
+        }
+    }
+
+    /// A page write completed (it was FUA, so the version it captured is durable).
+    pub fn page_write_done(&mut self, page: u32, version: u64) {
+        assert!(self.page_writing[page as usize]);
+        self.page_writing[page as usize] = false;
+        let durable = &mut self.page_durable_versions[page as usize];
+        *durable = (*durable).max(version);
     }
 
     /// A page write failed: the page must be written again.
     pub fn page_write_failed(&mut self, page: u32) {
+        self.page_writing[page as usize] = false;
         self.page_versions[page as usize] += 1;
+    }
+
+    /// Right after loading from disk: what memory holds is what the disk holds, except for
+    /// `damaged` pages, which must be rewritten.
+    pub fn loaded(&mut self, damaged: &[u32]) {
+        self.page_written_versions
+            .copy_from_slice(&self.page_versions);
+        self.page_durable_versions
+            .copy_from_slice(&self.page_versions);
+        for &page in damaged {
+            self.page_versions[page as usize] += 1;
+        }
     }
 
     /// Encodes page `page` without recording anything.
@@ -219,14 +273,13 @@ impl DirtyBitmap {
         Ok(())
     }
 
-    /// Marks page versions as written: used right after loading from disk.
-    pub fn mark_all_pages_written(&mut self) {
-        self.page_written_versions.copy_from_slice(&self.page_versions);
-    }
-
     fn valid_mask(&self, word_index: usize) -> u64 {
         let first = word_index as u64 * 64;
-        if first + 64 <= self.granule_count { !0 } else { (1u64 << (self.granule_count - first)) - 1 }
+        if first + 64 <= self.granule_count {
+            !0
+        } else {
+            (1u64 << (self.granule_count - first)) - 1
+        }
     }
 
     fn update(&mut self, granules: std::ops::Range<u64>, value: bool) -> u64 {
@@ -237,7 +290,11 @@ impl DirtyBitmap {
             let word_index = (granule / 64) as usize;
             let bit = granule % 64;
             let span = (64 - bit).min(granules.end - granule);
-            let mask = if span == 64 { !0 } else { ((1u64 << span) - 1) << bit };
+            let mask = if span == 64 {
+                !0
+            } else {
+                ((1u64 << span) - 1) << bit
+            };
             let old = self.words[word_index];
             let new = if value { old | mask } else { old & !mask };
             if new != old {
@@ -279,7 +336,10 @@ mod tests {
     use crate::layout::LayoutParams;
 
     fn layout(backing: u64) -> Layout {
-        let params = LayoutParams { journal_bytes: 0, ..LayoutParams::default() };
+        let params = LayoutParams {
+            journal_bytes: 0,
+            ..LayoutParams::default()
+        };
         Layout::compute(backing, params).expect("fits")
     }
 
@@ -293,14 +353,24 @@ mod tests {
             let start = prng.below(bitmap.granule_count());
             let end = (start + prng.below(300)).min(bitmap.granule_count());
             let value = prng.chance(2, 3);
-            if value { bitmap.set(start..end) } else { bitmap.clear(start..end) };
-            model[start as usize..end as usize].iter_mut().for_each(|bit| *bit = value);
+            if value {
+                bitmap.set(start..end)
+            } else {
+                bitmap.clear(start..end)
+            };
+            model[start as usize..end as usize]
+                .iter_mut()
+                .for_each(|bit| *bit = value);
         }
         let model_weight = model.iter().filter(|&&bit| bit).count() as u64;
         assert_eq!(bitmap.weight(), model_weight);
         let set: Vec<u64> = bitmap.iter_set().collect();
-        let expected: Vec<u64> =
-            model.iter().enumerate().filter(|(_, b)| **b).map(|(i, _)| i as u64).collect();
+        let expected: Vec<u64> = model
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| **b)
+            .map(|(i, _)| i as u64)
+            .collect();
         assert_eq!(set, expected);
     }
 
@@ -311,26 +381,42 @@ mod tests {
         bitmap.set(10..20);
         bitmap.set(40_000..40_010);
         let tag = 0x55;
-        let images: Vec<PageImage> = (0..layout.bitmap_pages)
-            .filter(|&p| bitmap.page_needs_write(p))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|p| bitmap.begin_page_write(p, tag))
+        let ready: Vec<u32> = bitmap.pages_ready_to_write().collect();
+        assert_eq!(ready, vec![0, 1], "two pages changed");
+        let images: Vec<PageImage> = ready
+            .iter()
+            .map(|&p| bitmap.begin_page_write(p, tag))
             .collect();
-        assert_eq!(images.len(), 2, "two pages changed");
-        assert_eq!(bitmap.pages_needing_write().count(), 0);
+        assert_eq!(bitmap.pages_ready_to_write().count(), 0);
+        bitmap.set(30..31);
+        assert_eq!(
+            bitmap.pages_ready_to_write().count(),
+            0,
+            "page 0 is still being written"
+        );
+        bitmap.page_write_done(0, images[0].version);
+        assert!(bitmap.page_durable_at(0, images[0].version));
+        assert!(!bitmap.page_durable_at(0, bitmap.page_version(0)));
+        assert_eq!(bitmap.pages_ready_to_write().collect::<Vec<_>>(), vec![0]);
         let mut loaded = DirtyBitmap::new(&layout);
         for page in 0..layout.bitmap_pages {
             let bytes = bitmap.encode_page(page, tag);
             loaded.load_page(page, &bytes, tag).expect("valid page");
         }
-        assert_eq!(loaded.weight(), 20);
+        assert_eq!(loaded.weight(), 21);
         let mut damaged = bitmap.encode_page(0, tag);
         damaged[100] ^= 1;
         let mut reloaded = DirtyBitmap::new(&layout);
         assert!(reloaded.load_page(0, &damaged, tag).is_err());
-        assert_eq!(reloaded.weight(), BITMAP_BITS_PER_PAGE.min(layout.granule_count()));
-        assert!(reloaded.load_page(1, &bitmap.encode_page(1, tag), tag + 2).is_err());
+        assert_eq!(
+            reloaded.weight(),
+            BITMAP_BITS_PER_PAGE.min(layout.granule_count())
+        );
+        assert!(
+            reloaded
+                .load_page(1, &bitmap.encode_page(1, tag), tag + 2)
+                .is_err()
+        );
     }
 
     #[test]

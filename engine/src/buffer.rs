@@ -25,8 +25,15 @@ impl IoBufMut {
     pub fn zeroed(len: usize) -> Self {
         let storage = vec![0u8; len + BUFFER_ALIGN_BYTES];
         let start = storage.as_ptr().align_offset(BUFFER_ALIGN_BYTES);
-        assert!(start < BUFFER_ALIGN_BYTES, "align_offset of a u8 pointer is always reachable");
-        Self { storage, start, len }
+        assert!(
+            start < BUFFER_ALIGN_BYTES,
+            "align_offset of a u8 pointer is always reachable"
+        );
+        Self {
+            storage,
+            start,
+            len,
+        }
     }
 
     /// The buffer's bytes.
@@ -51,7 +58,11 @@ impl IoBufMut {
 
     /// Makes the buffer immutable and shareable.
     pub fn freeze(self) -> IoBuf {
-        IoBuf { storage: Arc::new(self.storage), start: self.start, len: self.len }
+        IoBuf {
+            storage: Arc::new(self.storage),
+            start: self.start,
+            len: self.len,
+        }
     }
 }
 
@@ -99,8 +110,15 @@ impl IoBuf {
 
     /// A view of `range` of this buffer, sharing its storage.
     pub fn slice(&self, range: Range<usize>) -> Self {
-        assert!(range.start <= range.end && range.end <= self.len, "slice out of bounds");
-        Self { storage: Arc::clone(&self.storage), start: self.start + range.start, len: range.len() }
+        assert!(
+            range.start <= range.end && range.end <= self.len,
+            "slice out of bounds"
+        );
+        Self {
+            storage: Arc::clone(&self.storage),
+            start: self.start + range.start,
+            len: range.len(),
+        }
     }
 
     /// Whether the first byte is aligned to `align` bytes.
@@ -132,7 +150,11 @@ mod tests {
         for len in [0usize, 1, 511, 4096, 65_536 + 7] {
             let mut buffer = IoBufMut::zeroed(len);
             assert!(buffer.as_slice().as_ptr().align_offset(BUFFER_ALIGN_BYTES) == 0);
-            buffer.as_mut_slice().iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+            buffer
+                .as_mut_slice()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, b)| *b = i as u8);
             let frozen = buffer.freeze();
             assert!(frozen.is_aligned_to(BUFFER_ALIGN_BYTES));
             assert_eq!(frozen.len(), len);

@@ -44,7 +44,10 @@ impl<'a> FieldWriter<'a> {
 
     /// Skips `count` bytes, leaving them as they are.
     pub fn skip(&mut self, count: usize) {
-        assert!(self.position + count <= self.bytes.len(), "skip past the end");
+        assert!(
+            self.position + count <= self.bytes.len(),
+            "skip past the end"
+        );
         self.position += count;
     }
 
@@ -87,7 +90,8 @@ impl<'a> FieldReader<'a> {
 
     /// The next little-endian u32.
     pub fn u32(&mut self) -> Option<u32> {
-        self.bytes(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.bytes(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The next little-endian u64.

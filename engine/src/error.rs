@@ -23,7 +23,9 @@ pub enum Error {
     #[error("metadata corrupt: {0}")]
     MetadataCorrupt(String),
     /// The metadata was written by a format version this build cannot read.
-    #[error("metadata format version {found} is not supported (this build reads version {supported})")]
+    #[error(
+        "metadata format version {found} is not supported (this build reads version {supported})"
+    )]
     UnsupportedVersion {
         /// The version on disk.
         found: u32,
@@ -49,7 +51,10 @@ pub enum Error {
 impl Error {
     /// An [`Error::Io`] with its context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
+        Self::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

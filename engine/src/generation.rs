@@ -181,7 +181,10 @@ impl SyncDecision {
 
     /// Whether the decision is a split brain.
     pub fn is_split_brain(self) -> bool {
-        matches!(self, Self::SplitBrainAutoRecover | Self::SplitBrainDisconnect)
+        matches!(
+            self,
+            Self::SplitBrainAutoRecover | Self::SplitBrainDisconnect
+        )
     }
 
     /// Whether this node will send blocks.
@@ -350,7 +353,11 @@ pub fn decide_sync(local: &SyncView, peer: &SyncView) -> (SyncDecision, SyncRule
     let p = &peer.generations;
     let local_wins_tie = local.node_id < peer.node_id;
     let by_tie = |local_is_source: bool| {
-        if local_is_source { SyncDecision::SourceUseBitmap } else { SyncDecision::TargetUseBitmap }
+        if local_is_source {
+            SyncDecision::SourceUseBitmap
+        } else {
+            SyncDecision::TargetUseBitmap
+        }
     };
 
     if l.current.is_none() && p.current.is_none() {
@@ -390,12 +397,20 @@ pub fn decide_sync(local: &SyncView, peer: &SyncView) -> (SyncDecision, SyncRule
         return (SyncDecision::SplitBrainAutoRecover, SyncRule::BitmapBoth);
     }
     match (l.in_history(p.current), p.in_history(l.current)) {
-        (true, true) => return (SyncDecision::SplitBrainDisconnect, SyncRule::HistoryBothWays),
+        (true, true) => {
+            return (
+                SyncDecision::SplitBrainDisconnect,
+                SyncRule::HistoryBothWays,
+            );
+        }
         (true, false) => return (SyncDecision::SourceFullSync, SyncRule::HistorySelf),
         (false, true) => return (SyncDecision::TargetFullSync, SyncRule::HistoryPeer),
         (false, false) => {}
     }
-    let shares_any = [l.current, l.bitmap].iter().chain(l.history.iter()).any(|g| p.contains(*g));
+    let shares_any = [l.current, l.bitmap]
+        .iter()
+        .chain(l.history.iter())
+        .any(|g| p.contains(*g));
     if shares_any {
         return (SyncDecision::SplitBrainDisconnect, SyncRule::HistoryBoth);
     }

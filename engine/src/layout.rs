@@ -126,7 +126,10 @@ impl Layout {
         let fixed_bytes = 2 * BLOCK_BYTES + al_bytes + params.journal_bytes;
         let need_bytes = fixed_bytes + BLOCK_BYTES + DATA_BYTES_MIN;
         if backing_bytes < need_bytes {
-            return Err(Error::TooSmall { have_bytes: backing_bytes, need_bytes });
+            return Err(Error::TooSmall {
+                have_bytes: backing_bytes,
+                need_bytes,
+            });
         }
         // Size the bitmap for everything that is not fixed metadata: a slight overestimate of
         // the data area, so the pages always suffice.
@@ -140,7 +143,10 @@ impl Layout {
         let journal_offset = bitmap_offset - params.journal_bytes;
         let data_bytes = journal_offset.min(DATA_BYTES_MAX);
         if data_bytes < DATA_BYTES_MIN {
-            return Err(Error::TooSmall { have_bytes: backing_bytes, need_bytes });
+            return Err(Error::TooSmall {
+                have_bytes: backing_bytes,
+                need_bytes,
+            });
         }
         let layout = Self {
             params,
@@ -159,12 +165,14 @@ impl Layout {
 
     /// Number of granules in the data area (the last one may be partial).
     pub fn granule_count(&self) -> u64 {
-        self.data_bytes.div_ceil(u64::from(self.params.granule_bytes))
+        self.data_bytes
+            .div_ceil(u64::from(self.params.granule_bytes))
     }
 
     /// Number of activity-log extents in the data area (the last one may be partial).
     pub fn extent_count(&self) -> u64 {
-        self.data_bytes.div_ceil(u64::from(self.params.al_extent_bytes))
+        self.data_bytes
+            .div_ceil(u64::from(self.params.al_extent_bytes))
     }
 
     /// Granules per activity-log extent.
@@ -202,17 +210,31 @@ mod tests {
     #[test]
     fn regions_are_contiguous_aligned_and_in_order() {
         for backing in [8u64 << 20, 100 << 20, (1 << 30) + 12_345, 1 << 40] {
-            let params = LayoutParams { journal_bytes: 1 << 20, ..LayoutParams::default() };
+            let params = LayoutParams {
+                journal_bytes: 1 << 20,
+                ..LayoutParams::default()
+            };
             let layout = Layout::compute(backing, params).expect("fits");
             assert_eq!(layout.journal_offset, layout.data_bytes);
-            assert_eq!(layout.bitmap_offset, layout.journal_offset + params.journal_bytes);
+            assert_eq!(
+                layout.bitmap_offset,
+                layout.journal_offset + params.journal_bytes
+            );
             assert_eq!(
                 layout.al_offset,
                 layout.bitmap_offset + u64::from(layout.bitmap_pages) * BLOCK_BYTES
             );
-            assert_eq!(layout.superblock_offsets[1], layout.al_offset + 2 * BLOCK_BYTES);
-            assert_eq!(layout.superblock_offsets[0] + BLOCK_BYTES, layout.backing_bytes);
-            assert!(layout.granule_count() <= u64::from(layout.bitmap_pages) * BITMAP_BITS_PER_PAGE);
+            assert_eq!(
+                layout.superblock_offsets[1],
+                layout.al_offset + 2 * BLOCK_BYTES
+            );
+            assert_eq!(
+                layout.superblock_offsets[0] + BLOCK_BYTES,
+                layout.backing_bytes
+            );
+            assert!(
+                layout.granule_count() <= u64::from(layout.bitmap_pages) * BITMAP_BITS_PER_PAGE
+            );
         }
     }
 
@@ -220,16 +242,31 @@ mod tests {
     fn bitmap_is_32_mib_per_tib_at_the_default_granule() {
         let layout = Layout::compute(1 << 40, LayoutParams::default()).expect("fits");
         let bitmap_bytes = u64::from(layout.bitmap_pages) * BLOCK_BYTES;
-        assert!(bitmap_bytes <= (32 << 20) + (1 << 20), "bitmap {bitmap_bytes} bytes");
+        assert!(
+            bitmap_bytes <= (32 << 20) + (1 << 20),
+            "bitmap {bitmap_bytes} bytes"
+        );
     }
 
     #[test]
     fn too_small_and_bad_parameters_are_refused() {
         let err = Layout::compute(1 << 20, LayoutParams::default()).unwrap_err();
         assert!(matches!(err, Error::TooSmall { .. }), "{err}");
-        let bad = LayoutParams { granule_bytes: 3000, ..LayoutParams::default() };
-        assert!(matches!(Layout::compute(1 << 30, bad), Err(Error::InvalidConfig(_))));
-        let bad = LayoutParams { journal_bytes: 4097, ..LayoutParams::default() };
-        assert!(matches!(Layout::compute(1 << 30, bad), Err(Error::InvalidConfig(_))));
+        let bad = LayoutParams {
+            granule_bytes: 3000,
+            ..LayoutParams::default()
+        };
+        assert!(matches!(
+            Layout::compute(1 << 30, bad),
+            Err(Error::InvalidConfig(_))
+        ));
+        let bad = LayoutParams {
+            journal_bytes: 4097,
+            ..LayoutParams::default()
+        };
+        assert!(matches!(
+            Layout::compute(1 << 30, bad),
+            Err(Error::InvalidConfig(_))
+        ));
     }
 }

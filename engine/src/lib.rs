@@ -29,10 +29,14 @@ pub mod bitmap;
 pub mod buffer;
 pub mod codec;
 pub mod error;
+pub mod format;
 pub mod generation;
 pub mod journal;
 pub mod layout;
 pub mod prng;
+pub mod replica;
+#[cfg(any(test, feature = "sim"))]
+pub mod sim;
 pub mod state;
 pub mod superblock;
 pub mod types;

@@ -20,7 +20,9 @@ pub enum Role {
 
 /// How far this node's copy of the data can be trusted. Ordered from worst to best among the
 /// states that describe data (`Inconsistent` up to `UpToDate`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DiskState {
     /// No backing store attached.

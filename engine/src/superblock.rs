@@ -105,7 +105,10 @@ impl SuperblockPair {
     pub fn decode(last_two_blocks: &[u8], backing_bytes: u64) -> Self {
         assert_eq!(last_two_blocks.len() as u64, 2 * BLOCK_BYTES);
         let (b, a) = last_two_blocks.split_at(BLOCK_BYTES as usize);
-        Self { a: Superblock::decode(a, backing_bytes), b: Superblock::decode(b, backing_bytes) }
+        Self {
+            a: Superblock::decode(a, backing_bytes),
+            b: Superblock::decode(b, backing_bytes),
+        }
     }
 
     /// The newest valid copy and its index (0 for A, 1 for B).
@@ -128,10 +131,18 @@ impl SuperblockPair {
         if foreign {
             Err(Error::NoMetadata(format!("copy A: {a}; copy B: {b}")))
         } else if let Some(version) = [a, b].iter().find_map(|e| e.strip_prefix("version ")) {
-            let found = version.split_whitespace().next().and_then(|v| v.parse().ok());
-            Err(Error::UnsupportedVersion { found: found.unwrap_or(0), supported: FORMAT_VERSION })
+            let found = version
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok());
+            Err(Error::UnsupportedVersion {
+                found: found.unwrap_or(0),
+                supported: FORMAT_VERSION,
+            })
         } else {
-            Err(Error::MetadataCorrupt(format!("both superblocks unusable: A: {a}; B: {b}")))
+            Err(Error::MetadataCorrupt(format!(
+                "both superblocks unusable: A: {a}; B: {b}"
+            )))
         }
     }
 }
@@ -178,7 +189,10 @@ impl Superblock {
         w.put_u64(self.created_unix_millis);
         let mut name = [0u8; VOLUME_NAME_BYTES_MAX];
         let name_bytes = self.volume_name.as_bytes();
-        assert!(name_bytes.len() <= VOLUME_NAME_BYTES_MAX, "volume names are validated");
+        assert!(
+            name_bytes.len() <= VOLUME_NAME_BYTES_MAX,
+            "volume names are validated"
+        );
         name[..name_bytes.len()].copy_from_slice(name_bytes);
         w.put_bytes(&name);
         assert_eq!(w.position(), 232);
@@ -199,9 +213,12 @@ impl Superblock {
         r.skip(8).ok_or("short")?;
         let version = r.u32().ok_or("short")?;
         if version != FORMAT_VERSION {
-            return Err(format!("version {version} (this build reads {FORMAT_VERSION})"));
+            return Err(format!(
+                "version {version} (this build reads {FORMAT_VERSION})"
+            ));
         }
-        Self::decode_fields(&mut r, backing_bytes).ok_or_else(|| "field out of range".to_string())?
+        Self::decode_fields(&mut r, backing_bytes)
+            .ok_or_else(|| "field out of range".to_string())?
     }
 
     fn decode_fields(
@@ -221,7 +238,10 @@ impl Superblock {
             journal_bytes: 0,
         };
         let bitmap_pages = r.u32()?;
-        let params = LayoutParams { journal_bytes: r.u64()?, ..params };
+        let params = LayoutParams {
+            journal_bytes: r.u64()?,
+            ..params
+        };
         let current = Generation(r.u64()?);
         let bitmap = Generation(r.u64()?);
         let mut history = [Generation::NONE; HISTORY_LEN];
@@ -230,7 +250,11 @@ impl Superblock {
         }
         let current_started_unix_millis = r.u64()?;
         let flags = r.u8()?;
-        let last_role = if r.u8()? == 1 { Role::Primary } else { Role::Secondary };
+        let last_role = if r.u8()? == 1 {
+            Role::Primary
+        } else {
+            Role::Secondary
+        };
         let disk_state = DiskState::from_code(r.u8()?)?;
         r.skip(5)?;
         let journal_tail_seq = Seq(r.u64()?);
@@ -263,7 +287,11 @@ impl Superblock {
             sequence,
             instance_id,
             layout,
-            generations: GenerationSet { current, bitmap, history },
+            generations: GenerationSet {
+                current,
+                bitmap,
+                history,
+            },
             current_started_unix_millis,
             clean_shutdown: flags & FLAG_CLEAN_SHUTDOWN != 0,
             crashed_primary: flags & FLAG_CRASHED_PRIMARY != 0,
@@ -300,7 +328,10 @@ mod tests {
     use super::*;
 
     pub(crate) fn sample(backing_bytes: u64) -> Superblock {
-        let params = LayoutParams { journal_bytes: 1 << 20, ..LayoutParams::default() };
+        let params = LayoutParams {
+            journal_bytes: 1 << 20,
+            ..LayoutParams::default()
+        };
         Superblock {
             sequence: 3,
             instance_id: [7; 16],
@@ -308,7 +339,12 @@ mod tests {
             generations: GenerationSet {
                 current: Generation(0xABCD),
                 bitmap: Generation(0x1234),
-                history: [Generation(9), Generation(8), Generation::NONE, Generation::NONE],
+                history: [
+                    Generation(9),
+                    Generation(8),
+                    Generation::NONE,
+                    Generation::NONE,
+                ],
             },
             current_started_unix_millis: 1_700_000_000_000,
             clean_shutdown: true,
@@ -327,31 +363,52 @@ mod tests {
     fn round_trip_and_newest_copy_wins() {
         let backing = 64 << 20;
         let older = sample(backing);
-        let newer = Superblock { sequence: 4, clean_shutdown: false, ..older.clone() };
-        assert_eq!(Superblock::decode(&older.encode(), backing), Ok(older.clone()));
+        let newer = Superblock {
+            sequence: 4,
+            clean_shutdown: false,
+            ..older.clone()
+        };
+        assert_eq!(
+            Superblock::decode(&older.encode(), backing),
+            Ok(older.clone())
+        );
         let mut both = newer.encode();
         both.extend_from_slice(&older.encode());
         let pair = SuperblockPair::decode(&both, backing);
         let (index, chosen) = pair.choose().expect("valid");
-        assert_eq!((index, chosen.sequence), (1, 4), "copy B holds the newer one");
+        assert_eq!(
+            (index, chosen.sequence),
+            (1, 4),
+            "copy B holds the newer one"
+        );
     }
 
     #[test]
     fn damage_falls_back_to_the_other_copy_and_both_damaged_is_an_error() {
         let backing = 64 << 20;
         let good = sample(backing);
-        let mut torn = Superblock { sequence: 9, ..good.clone() }.encode();
+        let mut torn = Superblock {
+            sequence: 9,
+            ..good.clone()
+        }
+        .encode();
         torn[2000] ^= 0xFF;
         let mut both = torn.clone();
         both.extend_from_slice(&good.encode());
-        let (_, chosen) = SuperblockPair::decode(&both, backing).choose().expect("A survives");
+        let (_, chosen) = SuperblockPair::decode(&both, backing)
+            .choose()
+            .expect("A survives");
         assert_eq!(chosen.sequence, 3);
         let mut both_bad = torn.clone();
         both_bad.extend_from_slice(&torn);
-        let err = SuperblockPair::decode(&both_bad, backing).choose().unwrap_err();
+        let err = SuperblockPair::decode(&both_bad, backing)
+            .choose()
+            .unwrap_err();
         assert!(matches!(err, Error::MetadataCorrupt(_)), "{err}");
         let zeros = vec![0u8; 8192];
-        let err = SuperblockPair::decode(&zeros, backing).choose().unwrap_err();
+        let err = SuperblockPair::decode(&zeros, backing)
+            .choose()
+            .unwrap_err();
         assert!(matches!(err, Error::NoMetadata(_)), "{err}");
     }
 

@@ -14,7 +14,9 @@ fn parse_view(text: &str, line_number: usize) -> SyncView {
     };
     for field in text.split_whitespace() {
         let number = |value: &str| -> u64 {
-            value.parse().unwrap_or_else(|_| panic!("line {line_number}: bad number in {field}"))
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("line {line_number}: bad number in {field}"))
         };
         match field.split_once('=') {
             Some(("c", value)) => view.generations.current = Generation(number(value)),
@@ -35,7 +37,10 @@ fn parse_view(text: &str, line_number: usize) -> SyncView {
 }
 
 fn rule_named(name: &str) -> SyncRule {
-    *SyncRule::ALL.iter().find(|rule| rule.to_string() == name).expect("known rule")
+    *SyncRule::ALL
+        .iter()
+        .find(|rule| rule.to_string() == name)
+        .expect("known rule")
 }
 
 #[test]
@@ -50,7 +55,10 @@ fn every_rule_behaves_as_the_data_file_says() {
         let number = index + 1;
         let (views, expected) = line.split_once("=>").expect("case has =>");
         let (local, peer) = views.split_once('|').expect("case has |");
-        let (decision, rule) = expected.trim().split_once(" by ").expect("expected has 'by'");
+        let (decision, rule) = expected
+            .trim()
+            .split_once(" by ")
+            .expect("expected has 'by'");
         let local = parse_view(local, number);
         let peer = parse_view(peer, number);
         let (got_decision, got_rule) = decide_sync(&local, &peer);
@@ -60,7 +68,11 @@ fn every_rule_behaves_as_the_data_file_says() {
             "line {number}: {line}"
         );
         let (mirror_decision, mirror_rule) = decide_sync(&peer, &local);
-        assert_eq!(mirror_decision, got_decision.reverse(), "line {number} reversed");
+        assert_eq!(
+            mirror_decision,
+            got_decision.reverse(),
+            "line {number} reversed"
+        );
         assert_eq!(mirror_rule, got_rule.reverse(), "line {number} reversed");
         rules_seen.insert(rule_named(rule));
     }
@@ -83,13 +95,19 @@ fn view_strategy(node: u8) -> impl Strategy<Value = SyncView> {
         any::<bool>(),
         0u64..3,
     )
-        .prop_map(move |(current, bitmap, history, crashed_primary, primary, oos)| SyncView {
-            generations: GenerationSet { current, bitmap, history },
-            node_id: NodeId(node),
-            crashed_primary,
-            primary,
-            out_of_sync_granules: oos,
-        })
+        .prop_map(
+            move |(current, bitmap, history, crashed_primary, primary, oos)| SyncView {
+                generations: GenerationSet {
+                    current,
+                    bitmap,
+                    history,
+                },
+                node_id: NodeId(node),
+                crashed_primary,
+                primary,
+                out_of_sync_granules: oos,
+            },
+        )
 }
 
 proptest! {
@@ -111,7 +129,10 @@ proptest! {
 
 #[test]
 fn a_new_generation_keeps_the_shared_one_in_the_bitmap_slot() {
-    let mut set = GenerationSet { current: Generation(5), ..GenerationSet::default() };
+    let mut set = GenerationSet {
+        current: Generation(5),
+        ..GenerationSet::default()
+    };
     set.start_new(Generation(6));
     assert_eq!(set.current, Generation(6));
     assert_eq!(set.bitmap, Generation(5));
@@ -122,7 +143,10 @@ fn a_new_generation_keeps_the_shared_one_in_the_bitmap_slot() {
     set.finish_as_sync_source();
     assert_eq!(set.bitmap, Generation::NONE);
     assert!(set.in_history(Generation(5)));
-    let mut target = GenerationSet { current: Generation(5), ..GenerationSet::default() };
+    let mut target = GenerationSet {
+        current: Generation(5),
+        ..GenerationSet::default()
+    };
     target.finish_as_sync_target(&set);
     assert_eq!(target.current, Generation(7));
     assert_eq!(target.bitmap, Generation::NONE);

@@ -173,6 +173,18 @@ impl Journal {
         self.tail()
     }
 
+    /// Whether some records exist only in memory.
+    pub fn has_unspilled(&self) -> bool {
+        self.entries
+            .iter()
+            .any(|e| matches!(e.location, Location::Memory | Location::Spilling { .. }))
+    }
+
+    /// Keeps recording after a clean restart, after the recovered records.
+    pub fn resume(&mut self) {
+        self.active = true;
+    }
+
     /// Stops keeping records and forgets the ones held (the bitmap covers them).
     pub fn deactivate(&mut self) {
         self.active = false;
@@ -185,10 +197,17 @@ impl Journal {
     pub fn append(&mut self, header: RecordHeader, payload: Option<IoBuf>) {
         assert!(self.active, "append to an inactive journal");
         assert_eq!(header.seq, self.next_seq, "journal records are contiguous");
-        assert_eq!(payload.as_ref().map_or(0, |p| p.len() as u64), u64::from(header.payload_bytes));
+        assert_eq!(
+            payload.as_ref().map_or(0, |p| p.len() as u64),
+            u64::from(header.payload_bytes)
+        );
         self.memory_bytes += u64::from(header.payload_bytes);
         self.next_seq = header.seq.next();
-        self.entries.push_back(Entry { header, payload, location: Location::Memory });
+        self.entries.push_back(Entry {
+            header,
+            payload,
+            location: Location::Memory,
+        });
     }
 
     /// The sequence number the next record must carry.
@@ -210,7 +229,10 @@ impl Journal {
             return None;
         }
         let over_limit = self.memory_bytes > self.config.memory_bytes_max;
-        let has_memory = self.entries.iter().any(|e| matches!(e.location, Location::Memory));
+        let has_memory = self
+            .entries
+            .iter()
+            .any(|e| matches!(e.location, Location::Memory));
         if !(over_limit || all && has_memory) {
             return None;
         }
@@ -222,7 +244,10 @@ impl Journal {
 
     fn plan_spill(&mut self) -> Option<SpillAction> {
         let ring = self.config.ring_bytes;
-        let first = self.entries.iter().position(|e| matches!(e.location, Location::Memory))?;
+        let first = self
+            .entries
+            .iter()
+            .position(|e| matches!(e.location, Location::Memory))?;
         let mut head = self.disk_head;
         let mut batch: Vec<usize> = Vec::new();
         for index in first..self.entries.len() {
@@ -230,7 +255,11 @@ impl Journal {
             let room_to_end = ring - head % ring;
             // A record never straddles the end of the ring: a wrap marker fills the gap.
             let wrap = stored > room_to_end;
-            let end = if wrap { head + room_to_end + stored } else { head + stored };
+            let end = if wrap {
+                head + room_to_end + stored
+            } else {
+                head + stored
+            };
             let fits = stored <= ring && end - self.persisted_tail.position <= ring;
             let too_big = head + stored - self.disk_head > SPILL_WRITE_BYTES_MAX;
             if !batch.is_empty() && (wrap || !fits || too_big) {
@@ -272,7 +301,10 @@ impl Journal {
         let ring_offset = self.disk_head % ring;
         self.disk_head += ring - ring_offset;
         self.spill_in_flight = true;
-        SpillAction::Write { ring_offset, bytes: IoBuf::copy_from(&bytes) }
+        SpillAction::Write {
+            ring_offset,
+            bytes: IoBuf::copy_from(&bytes),
+        }
     }
 
     fn encode_batch(&mut self, batch: &[usize], new_head: u64) -> SpillAction {
@@ -282,7 +314,12 @@ impl Journal {
         for &index in batch {
             let entry = &mut self.entries[index];
             let payload = entry.payload.as_ref().map_or(&[][..], |p| p.as_slice());
-            record::encode(&entry.header, payload, self.config.instance_tag, &mut encoded);
+            record::encode(
+                &entry.header,
+                payload,
+                self.config.instance_tag,
+                &mut encoded,
+            );
             entry.location = Location::Spilling { position };
             position += entry.header.stored_bytes();
         }
@@ -293,7 +330,10 @@ impl Journal {
         let ring_offset = self.disk_head % self.config.ring_bytes;
         self.disk_head = new_head;
         self.spill_in_flight = true;
-        SpillAction::Write { ring_offset, bytes: buffer.freeze() }
+        SpillAction::Write {
+            ring_offset,
+            bytes: buffer.freeze(),
+        }
     }
 
     /// A spill write completed: its records are on disk and leave the memory tier.
@@ -317,9 +357,18 @@ impl Journal {
                 header,
                 location: Location::Disk { position } | Location::Spilling { position },
                 ..
-            }) => JournalTail { position: *position, seq: header.seq },
-            Some(entry) => JournalTail { position: self.disk_head, seq: entry.header.seq },
-            None => JournalTail { position: self.disk_head, seq: self.next_seq },
+            }) => JournalTail {
+                position: *position,
+                seq: header.seq,
+            },
+            Some(entry) => JournalTail {
+                position: self.disk_head,
+                seq: entry.header.seq,
+            },
+            None => JournalTail {
+                position: self.disk_head,
+                seq: self.next_seq,
+            },
         }
     }
 
@@ -342,9 +391,16 @@ impl Journal {
         }
     }
 
-    /// Headers of the records held, oldest first.
-    pub fn headers(&self) -> impl Iterator<Item = &RecordHeader> + '_ {
-        self.entries.iter().map(|e| &e.header)
+    /// The records held, oldest first, with their ring offset when they are on disk.
+    pub fn records(&self) -> impl Iterator<Item = (&RecordHeader, Option<u64>)> + '_ {
+        let ring = self.config.ring_bytes.max(1);
+        self.entries.iter().map(move |e| {
+            let offset = match e.location {
+                Location::Disk { position } => Some(position % ring),
+                Location::Memory | Location::Spilling { .. } => None,
+            };
+            (&e.header, offset)
+        })
     }
 
     /// Counters for status.

@@ -149,7 +149,15 @@ pub fn decode_header(bytes: &[u8], instance_tag: u32) -> Option<RecordHeader> {
         RecordKind::Write => payload_bytes == length,
         RecordKind::Trim | RecordKind::WriteZeroes | RecordKind::Wrap => payload_bytes == 0,
     };
-    consistent.then_some(RecordHeader { kind, fua, seq, offset, length, payload_bytes, payload_checksum })
+    consistent.then_some(RecordHeader {
+        kind,
+        fua,
+        seq,
+        offset,
+        length,
+        payload_bytes,
+        payload_checksum,
+    })
 }
 
 #[cfg(test)]
@@ -174,7 +182,10 @@ mod tests {
         let decoded = decode_header(&out, 3).expect("valid");
         assert_eq!(decoded.seq, Seq(77));
         assert_eq!(decoded.payload_checksum, checksum(&payload));
-        assert!(decode_header(&out, 4).is_none(), "another instance's record");
+        assert!(
+            decode_header(&out, 4).is_none(),
+            "another instance's record"
+        );
         out[20] ^= 1;
         assert!(decode_header(&out, 3).is_none(), "damaged header");
     }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use super::record::{self, RecordHeader, RecordKind, RECORD_HEADER_BYTES};
+use super::record::{self, RECORD_HEADER_BYTES, RecordHeader, RecordKind};
 use crate::codec::checksum;
 use crate::types::{BLOCK_BYTES, Seq};
 
@@ -66,7 +66,9 @@ pub struct JournalRecovery {
 impl JournalRecovery {
     /// The sequence number after the last valid record (the tail's if there is none).
     pub fn next_seq(&self, tail_seq: Seq) -> Seq {
-        self.records.last().map_or(tail_seq, |r| r.header.seq.next())
+        self.records
+            .last()
+            .map_or(tail_seq, |r| r.header.seq.next())
     }
 }
 
@@ -79,7 +81,11 @@ pub fn scan(ring: &[u8], tail_offset: u64, tail_seq: Seq, instance_tag: u32) -> 
     let mut expected = tail_seq;
     let end = loop {
         if ring_bytes == 0 || used_bytes >= ring_bytes {
-            break if ring_bytes == 0 { ScanEnd::NoRecord } else { ScanEnd::RingFull };
+            break if ring_bytes == 0 {
+                ScanEnd::NoRecord
+            } else {
+                ScanEnd::RingFull
+            };
         }
         assert!(position < ring_bytes && position.is_multiple_of(BLOCK_BYTES));
         let Some(header) = record::decode_header(&ring[position as usize..], instance_tag) else {
@@ -103,10 +109,17 @@ pub fn scan(ring: &[u8], tail_offset: u64, tail_seq: Seq, instance_tag: u32) -> 
         if checksum(payload) != header.payload_checksum {
             break ScanEnd::TornPayload { seq: header.seq };
         }
-        records.push(RecoveredRecord { header, ring_offset: position });
+        records.push(RecoveredRecord {
+            header,
+            ring_offset: position,
+        });
         used_bytes += stored;
         position = (position + stored) % ring_bytes;
         expected = expected.next();
     };
-    JournalRecovery { records, end, used_bytes }
+    JournalRecovery {
+        records,
+        end,
+        used_bytes,
+    }
 }

@@ -7,7 +7,11 @@ use crate::codec::checksum;
 const TAG: u32 = 0x77;
 
 fn config(ring_bytes: u64, memory_bytes_max: u64) -> JournalConfig {
-    JournalConfig { ring_bytes, memory_bytes_max, instance_tag: TAG }
+    JournalConfig {
+        ring_bytes,
+        memory_bytes_max,
+        instance_tag: TAG,
+    }
 }
 
 fn write_record(journal: &mut Journal, seq: u64, bytes: usize) {
@@ -50,7 +54,10 @@ fn drive(journal: &mut Journal, ring: &mut [u8], all: bool) -> (Option<JournalTa
 fn records_spill_in_order_and_recover() {
     let ring_bytes = 1 << 20;
     let mut ring = vec![0u8; ring_bytes as usize];
-    let tail = JournalTail { position: 0, seq: Seq(10) };
+    let tail = JournalTail {
+        position: 0,
+        seq: Seq(10),
+    };
     let mut journal = Journal::new(config(ring_bytes, 16 << 10), tail);
     journal.activate(Seq(10));
     for seq in 10..40 {
@@ -67,7 +74,11 @@ fn records_spill_in_order_and_recover() {
     assert_eq!(recovery.end, ScanEnd::NoRecord);
     for record in &recovery.records {
         let start = (record.ring_offset + record::RECORD_HEADER_BYTES) as usize;
-        assert!(ring[start..start + 5000].iter().all(|&b| b == record.header.seq.0 as u8));
+        assert!(
+            ring[start..start + 5000]
+                .iter()
+                .all(|&b| b == record.header.seq.0 as u8)
+        );
     }
 }
 
@@ -75,9 +86,18 @@ fn records_spill_in_order_and_recover() {
 fn the_ring_wraps_behind_a_persisted_tail_and_recovers_across_the_wrap() {
     let ring_bytes = 64 << 10;
     let mut ring = vec![0u8; ring_bytes as usize];
-    let mut journal = Journal::new(config(ring_bytes, 0), JournalTail { position: 0, seq: Seq(1) });
+    let mut journal = Journal::new(
+        config(ring_bytes, 0),
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
+    );
     journal.activate(Seq(1));
-    let mut last_tail = JournalTail { position: 0, seq: Seq(1) };
+    let mut last_tail = JournalTail {
+        position: 0,
+        seq: Seq(1),
+    };
     for seq in 1..200u64 {
         write_record(&mut journal, seq, 3000 + (seq as usize % 3) * 4096);
         // The peer keeps up to five records behind.
@@ -96,14 +116,23 @@ fn the_ring_wraps_behind_a_persisted_tail_and_recovers_across_the_wrap() {
     assert_eq!(seqs.first(), Some(&last_tail.seq.0));
     assert_eq!(seqs.last(), Some(&199));
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
-    assert!(last_tail.position > ring_bytes, "the ring wrapped at least once");
+    assert!(
+        last_tail.position > ring_bytes,
+        "the ring wrapped at least once"
+    );
 }
 
 #[test]
 fn a_full_ring_overflows_and_a_memory_only_journal_overflows_at_its_limit() {
     let ring_bytes = 32 << 10;
     let mut ring = vec![0u8; ring_bytes as usize];
-    let mut journal = Journal::new(config(ring_bytes, 0), JournalTail { position: 0, seq: Seq(1) });
+    let mut journal = Journal::new(
+        config(ring_bytes, 0),
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
+    );
     journal.activate(Seq(1));
     let mut overflowed = false;
     for seq in 1..20 {
@@ -114,21 +143,39 @@ fn a_full_ring_overflows_and_a_memory_only_journal_overflows_at_its_limit() {
             break;
         }
     }
-    assert!(overflowed, "nothing was acknowledged, so the ring must fill");
+    assert!(
+        overflowed,
+        "nothing was acknowledged, so the ring must fill"
+    );
 
-    let mut memory_only = Journal::new(config(0, 10_000), JournalTail { position: 0, seq: Seq(1) });
+    let mut memory_only = Journal::new(
+        config(0, 10_000),
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
+    );
     memory_only.activate(Seq(1));
     write_record(&mut memory_only, 1, 6000);
     assert!(memory_only.poll_spill(false).is_none());
     write_record(&mut memory_only, 2, 6000);
-    assert!(matches!(memory_only.poll_spill(false), Some(SpillAction::Overflow)));
+    assert!(matches!(
+        memory_only.poll_spill(false),
+        Some(SpillAction::Overflow)
+    ));
 }
 
 #[test]
 fn a_torn_record_ends_the_journal_and_keeps_the_prefix() {
     let ring_bytes = 1 << 20;
     let mut ring = vec![0u8; ring_bytes as usize];
-    let mut journal = Journal::new(config(ring_bytes, 0), JournalTail { position: 0, seq: Seq(1) });
+    let mut journal = Journal::new(
+        config(ring_bytes, 0),
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
+    );
     journal.activate(Seq(1));
     for seq in 1..=5 {
         write_record(&mut journal, seq, 9000);
@@ -143,7 +190,10 @@ fn a_torn_record_ends_the_journal_and_keeps_the_prefix() {
     assert_eq!(recovery.end, ScanEnd::TornPayload { seq: Seq(4) });
     let recovered = Journal::recovered(
         config(ring_bytes, 0),
-        JournalTail { position: 0, seq: Seq(1) },
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
         &recovery,
     );
     assert_eq!(recovered.next_seq(), Seq(4));
