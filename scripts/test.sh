@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SIM_SEEDS=${SIM_SEEDS:-300}
+SIM_SEEDS=${SIM_SEEDS:-2000}
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -35,6 +35,7 @@ pub mod journal;
 pub mod layout;
 pub mod prng;
 pub mod replica;
+pub mod runtime;
 #[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod state;

@@ -1,1 +1,5 @@
-//! The cluster manager. Its sans-IO core arrives with the cluster-manager issue.
+//! tandem's cluster manager (its sans-IO core arrives with the cluster-manager issue) and the
+//! configuration every part of the `tandem` binary reads.
+
+pub mod config;
+pub mod size;

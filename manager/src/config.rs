@@ -1,0 +1,395 @@
+//! The cluster configuration file (TOML), DESIGN §5.
+//!
+//! [`Config::load`] parses and validates: unknown keys, duplicate names, a volume without a
+//! backing store for some node, two volumes on one port: each is refused with a message that
+//! names the file and the exact problem. Every command reads the same file, so `tandem config
+//! check` and the daemon agree on what is valid.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use engine::layout::LayoutParams;
+use serde::Deserialize;
+
+use crate::size::ByteSize;
+
+/// Where the configuration lives unless `--config` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tandem/tandem.toml";
+
+/// A configuration problem, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub path: String,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Cluster-wide settings.
+    pub cluster: ClusterSection,
+    /// The nodes, `[[node]]`.
+    #[serde(rename = "node", default)]
+    pub nodes: Vec<NodeSection>,
+    /// The replicated volumes, `[[volume]]`.
+    #[serde(rename = "volume", default)]
+    pub volumes: Vec<VolumeSection>,
+}
+
+/// `[cluster]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's name.
+    pub name: String,
+    /// The file holding the cluster key (base64, 32 bytes).
+    pub key_file: PathBuf,
+}
+
+/// `[[node]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeSection {
+    /// The node's name (the host name unless `--node` says otherwise).
+    pub name: String,
+    /// Address for replication and control.
+    pub address: String,
+    /// Heartbeat link addresses, in priority order.
+    #[serde(default)]
+    pub heartbeat: Vec<String>,
+    /// Where this node keeps its state; the admin socket lives here unless set.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// The admin socket path.
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// Replication protocol: when a write completes (DESIGN §2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum Protocol {
+    /// Asynchronous: local disk and journal.
+    A,
+    /// Memory-synchronous: local disk and the peer received it.
+    B,
+    /// Synchronous: durable on both disks.
+    #[default]
+    C,
+}
+
+/// Compression of the replication stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// None.
+    None,
+    /// LZ4 (fast; the default).
+    #[default]
+    Lz4,
+    /// Zstandard (for slow links).
+    Zstd,
+}
+
+/// The block device that serves the volume on its primary.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Frontend {
+    /// `/dev/ublkbN` (kernel 6.0+, module `ublk_drv`).
+    #[default]
+    Ublk,
+    /// An NBD export.
+    Nbd,
+}
+
+/// What to do when a split brain is detected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AfterSplitBrain {
+    /// Stay disconnected and let the operator decide.
+    #[default]
+    Disconnect,
+    /// If only one side wrote, resync from it.
+    DiscardZeroChanges,
+    /// Resync from the side that changed more.
+    DiscardLeastChanges,
+    /// Resync from the side that became primary first.
+    DiscardYoungerPrimary,
+}
+
+/// `[[volume]]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    /// The volume's name (also the NBD export name).
+    pub name: String,
+    /// Replication port.
+    pub port: u16,
+    /// Replication protocol.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// Compression of the replication stream.
+    #[serde(default)]
+    pub compression: Compression,
+    /// Frontend on the primary.
+    #[serde(default)]
+    pub frontend: Frontend,
+    /// NBD port (export name = volume name).
+    pub nbd_port: Option<u16>,
+    /// Split-brain policy.
+    #[serde(default)]
+    pub after_split_brain: AfterSplitBrain,
+    /// Bitmap granule (4KiB to 1MiB, a power of two).
+    #[serde(default = "default_granule")]
+    pub bitmap_granule: ByteSize,
+    /// Size of the on-disk journal ring (0 for none; at most 1GiB).
+    #[serde(default = "default_journal_size")]
+    pub journal_size: ByteSize,
+    /// Journal bytes kept in memory before spilling to the ring.
+    #[serde(default = "default_journal_memory")]
+    pub journal_memory: ByteSize,
+    /// Activity-log extents kept hot.
+    #[serde(default = "default_al_extents")]
+    pub activity_log_extents: u32,
+    /// Size of one activity-log extent.
+    #[serde(default = "default_al_extent_size")]
+    pub activity_log_extent_size: ByteSize,
+    /// Backing store per node: a block device or a file.
+    pub backing: BTreeMap<String, PathBuf>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/tandem")
+}
+fn default_granule() -> ByteSize {
+    ByteSize(u64::from(LayoutParams::default().granule_bytes))
+}
+fn default_journal_size() -> ByteSize {
+    ByteSize(LayoutParams::default().journal_bytes)
+}
+fn default_journal_memory() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn default_al_extents() -> u32 {
+    LayoutParams::default().al_slots
+}
+fn default_al_extent_size() -> ByteSize {
+    ByteSize(u64::from(LayoutParams::default().al_extent_bytes))
+}
+
+impl Config {
+    /// Reads and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read: {e}")))?;
+        Self::parse(&text).map_err(error)
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let config: Self = toml::from_str(text).map_err(|e| one_line(&e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.cluster.name.trim().is_empty() {
+            return Err("cluster.name is empty".to_string());
+        }
+        let mut names = BTreeSet::new();
+        for node in &self.nodes {
+            if node.name.trim().is_empty() {
+                return Err("a [[node]] has an empty name".to_string());
+            }
+            if !names.insert(node.name.as_str()) {
+                return Err(format!("node {:?} is defined twice", node.name));
+            }
+        }
+        if self.nodes.len() != 2 {
+            return Err(format!(
+                "tandem runs two nodes; {} [[node]] sections found",
+                self.nodes.len()
+            ));
+        }
+        let mut volume_names = BTreeSet::new();
+        let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
+        for volume in &self.volumes {
+            engine::format::validate_volume_name(&volume.name).map_err(|e| e.to_string())?;
+            if !volume_names.insert(volume.name.as_str()) {
+                return Err(format!("volume {:?} is defined twice", volume.name));
+            }
+            for port in std::iter::once(volume.port).chain(volume.nbd_port) {
+                if let Some(other) = ports.insert(port, &volume.name) {
+                    return Err(format!(
+                        "volumes {other:?} and {:?} both use port {port}",
+                        volume.name
+                    ));
+                }
+            }
+            for node in &self.nodes {
+                if !volume.backing.contains_key(&node.name) {
+                    return Err(format!(
+                        "volume {:?}: backing has no entry for node {:?}",
+                        volume.name, node.name
+                    ));
+                }
+            }
+            if let Some(unknown) = volume.backing.keys().find(|n| !names.contains(n.as_str())) {
+                return Err(format!(
+                    "volume {:?}: backing names unknown node {unknown:?}",
+                    volume.name
+                ));
+            }
+            volume
+                .layout_params()
+                .validate()
+                .map_err(|e| format!("volume {:?}: {e}", volume.name))?;
+        }
+        Ok(())
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Result<&NodeSection, String> {
+        self.nodes.iter().find(|n| n.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+            format!(
+                "no node {name:?} in the configuration (nodes: {})",
+                known.join(", ")
+            )
+        })
+    }
+
+    /// The volume called `name`.
+    pub fn volume(&self, name: &str) -> Result<&VolumeSection, String> {
+        self.volumes.iter().find(|v| v.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
+            format!(
+                "no volume {name:?} in the configuration (volumes: {})",
+                known.join(", ")
+            )
+        })
+    }
+}
+
+impl VolumeSection {
+    /// The metadata layout parameters this volume asks for.
+    pub fn layout_params(&self) -> LayoutParams {
+        LayoutParams {
+            granule_bytes: u32::try_from(self.bitmap_granule.0).unwrap_or(u32::MAX),
+            al_extent_bytes: u32::try_from(self.activity_log_extent_size.0).unwrap_or(u32::MAX),
+            al_slots: self.activity_log_extents,
+            journal_bytes: self.journal_size.0,
+        }
+    }
+
+    /// The backing store of node `node`.
+    pub fn backing_for(&self, node: &str) -> Result<&Path, String> {
+        self.backing.get(node).map(PathBuf::as_path).ok_or_else(|| {
+            format!(
+                "volume {:?} has no backing store for node {node:?}",
+                self.name
+            )
+        })
+    }
+}
+
+/// toml's messages span several lines with a source excerpt; keep the first and the last.
+fn one_line(message: &str) -> String {
+    let lines: Vec<&str> = message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    match lines.as_slice() {
+        [] => "invalid TOML".to_string(),
+        [only] => (*only).to_string(),
+        [first, .., last] => format!("{first} {last}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+name = "demo"
+key_file = "/etc/tandem/cluster.key"
+
+[[node]]
+name = "alpha"
+address = "127.0.0.1"
+state_dir = "/tmp/alpha"
+
+[[node]]
+name = "beta"
+address = "127.0.0.2"
+
+[[volume]]
+name = "r0"
+port = 7789
+nbd_port = 10809
+journal_size = "16MiB"
+[volume.backing]
+alpha = "/tmp/alpha.img"
+beta = "/tmp/beta.img"
+"#;
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let config = Config::parse(GOOD).expect("valid");
+        let volume = config.volume("r0").expect("r0");
+        assert_eq!(volume.protocol, Protocol::C);
+        assert_eq!(volume.compression, Compression::Lz4);
+        assert_eq!(volume.after_split_brain, AfterSplitBrain::Disconnect);
+        assert_eq!(volume.layout_params().journal_bytes, 16 << 20);
+        assert_eq!(
+            config.node("beta").expect("beta").state_dir,
+            PathBuf::from("/var/lib/tandem")
+        );
+        assert!(config.node("gamma").unwrap_err().contains("alpha, beta"));
+    }
+
+    #[test]
+    fn each_problem_is_named() {
+        let cases = [
+            (
+                GOOD.replace("beta = \"/tmp/beta.img\"", ""),
+                "backing has no entry for node \"beta\"",
+            ),
+            (
+                GOOD.replace("nbd_port = 10809", "nbd_port = 7789"),
+                "both use port 7789",
+            ),
+            (
+                GOOD.replace("journal_size = \"16MiB\"", "journal_size = \"3KiB\""),
+                "journal size",
+            ),
+            (
+                GOOD.replace("port = 7789", "port = 7789\nprotocol = \"D\""),
+                "unknown variant `D`",
+            ),
+            (
+                GOOD.replace("nbd_port = 10809", "nbd_prot = 10809"),
+                "unknown field `nbd_prot`",
+            ),
+            (
+                GOOD.replace("name = \"beta\"", "name = \"alpha\""),
+                "node \"alpha\" is defined twice",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = Config::parse(&text).unwrap_err();
+            assert!(
+                error.contains(expected),
+                "expected {expected:?} in {error:?}"
+            );
+            assert!(!error.contains('\n'), "one line: {error:?}");
+        }
+    }
+}
