@@ -87,6 +87,7 @@ pub fn format(backing_bytes: u64, options: &FormatOptions) -> Result<MetadataIma
         current_started_unix_millis: started,
         clean_shutdown: true,
         crashed_primary: false,
+        crashed_secondary: false,
         journal_complete,
         last_role: Role::Secondary,
         disk_state,

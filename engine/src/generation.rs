@@ -136,6 +136,9 @@ pub struct SyncView {
     /// The node crashed while primary and has not yet resynced the extents it may have had in
     /// flight.
     pub crashed_primary: bool,
+    /// The node crashed while secondary: writes it acknowledged may have been lost from its
+    /// disk cache, so its activity-log extents must come from the peer.
+    pub crashed_secondary: bool,
     /// The node is primary now.
     pub primary: bool,
     /// Set bits in the node's dirty bitmap.
@@ -237,6 +240,10 @@ pub enum SyncRule {
     CrashedPrimarySelf,
     /// Same generation, the peer crashed while primary.
     CrashedPrimaryPeer,
+    /// Same generation, this side crashed while secondary: it takes the peer's extents.
+    CrashedSecondarySelf,
+    /// Same generation, the peer crashed while secondary.
+    CrashedSecondaryPeer,
     /// Same generation with out-of-sync bits (after a verify, say): the primary, else the lower
     /// node id, is the source.
     SameGenerationOutOfSync,
@@ -272,6 +279,8 @@ impl SyncRule {
             Self::PeerFresh => Self::SelfFresh,
             Self::CrashedPrimarySelf => Self::CrashedPrimaryPeer,
             Self::CrashedPrimaryPeer => Self::CrashedPrimarySelf,
+            Self::CrashedSecondarySelf => Self::CrashedSecondaryPeer,
+            Self::CrashedSecondaryPeer => Self::CrashedSecondarySelf,
             Self::BitmapSelf => Self::BitmapPeer,
             Self::BitmapPeer => Self::BitmapSelf,
             Self::HistorySelf => Self::HistoryPeer,
@@ -281,13 +290,15 @@ impl SyncRule {
     }
 
     /// Every rule, in table order.
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 19] = [
         Self::BothFresh,
         Self::SelfFresh,
         Self::PeerFresh,
         Self::CrashedPrimaryBoth,
         Self::CrashedPrimarySelf,
         Self::CrashedPrimaryPeer,
+        Self::CrashedSecondarySelf,
+        Self::CrashedSecondaryPeer,
         Self::SameGenerationOutOfSync,
         Self::Reconnected,
         Self::BitmapBothWays,
@@ -311,6 +322,8 @@ impl fmt::Display for SyncRule {
             Self::CrashedPrimaryBoth => "crashed-primary-both",
             Self::CrashedPrimarySelf => "crashed-primary-self",
             Self::CrashedPrimaryPeer => "crashed-primary-peer",
+            Self::CrashedSecondarySelf => "crashed-secondary-self",
+            Self::CrashedSecondaryPeer => "crashed-secondary-peer",
             Self::SameGenerationOutOfSync => "same-generation-out-of-sync",
             Self::Reconnected => "reconnected",
             Self::BitmapBothWays => "bitmap-both-ways",
@@ -338,6 +351,7 @@ impl fmt::Display for SyncRule {
 /// | self-fresh / peer-fresh | `L.c` none / `P.c` none | target / source full sync |
 /// | crashed-primary-both | `L.c = P.c`, both crashed primary | bitmap, lower node id is source |
 /// | crashed-primary-self / -peer | `L.c = P.c`, one crashed primary | bitmap, it is the source |
+/// | crashed-secondary-self / -peer | `L.c = P.c`, one crashed secondary | bitmap, it is the target |
 /// | same-generation-out-of-sync | `L.c = P.c`, bits set on either side | bitmap, primary else lower id source |
 /// | reconnected | `L.c = P.c` | no-sync |
 /// | bitmap-both-ways | `L.b = P.c` and `P.b = L.c` | split brain, disconnect |
@@ -374,6 +388,19 @@ pub fn decide_sync(local: &SyncView, peer: &SyncView) -> (SyncDecision, SyncRule
             (true, true) => (by_tie(local_wins_tie), SyncRule::CrashedPrimaryBoth),
             (true, false) => (SyncDecision::SourceUseBitmap, SyncRule::CrashedPrimarySelf),
             (false, true) => (SyncDecision::TargetUseBitmap, SyncRule::CrashedPrimaryPeer),
+            (false, false) if local.crashed_secondary != peer.crashed_secondary => {
+                if local.crashed_secondary {
+                    (
+                        SyncDecision::TargetUseBitmap,
+                        SyncRule::CrashedSecondarySelf,
+                    )
+                } else {
+                    (
+                        SyncDecision::SourceUseBitmap,
+                        SyncRule::CrashedSecondaryPeer,
+                    )
+                }
+            }
             (false, false) if local.out_of_sync_granules > 0 || peer.out_of_sync_granules > 0 => {
                 let local_is_source = match (local.primary, peer.primary) {
                     (true, false) => true,

@@ -34,6 +34,7 @@ pub mod generation;
 pub mod journal;
 pub mod layout;
 pub mod prng;
+pub mod protocol;
 pub mod replica;
 pub mod runtime;
 #[cfg(any(test, feature = "sim"))]

@@ -25,7 +25,7 @@
 //! | 88 | 8 | bitmap generation |
 //! | 96 | 32 | history generations, newest first |
 //! | 128 | 8 | when the current generation started (Unix ms) |
-//! | 136 | 1 | flags: bit 0 clean shutdown, bit 1 crashed primary, bit 2 journal complete |
+//! | 136 | 1 | flags: bit 0 clean shutdown, bit 1 crashed primary, bit 2 journal complete, bit 3 crashed secondary |
 //! | 137 | 1 | last role: 0 secondary, 1 primary |
 //! | 138 | 1 | disk state: 0 inconsistent, 1 outdated, 2 consistent, 3 up to date |
 //! | 139 | 5 | reserved, zero |
@@ -56,6 +56,7 @@ pub const VOLUME_NAME_BYTES_MAX: usize = 64;
 const FLAG_CLEAN_SHUTDOWN: u8 = 1 << 0;
 const FLAG_CRASHED_PRIMARY: u8 = 1 << 1;
 const FLAG_JOURNAL_COMPLETE: u8 = 1 << 2;
+const FLAG_CRASHED_SECONDARY: u8 = 1 << 3;
 
 /// The decoded superblock.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +75,8 @@ pub struct Superblock {
     pub clean_shutdown: bool,
     /// The node crashed while primary and has not yet resynced its activity-log extents.
     pub crashed_primary: bool,
+    /// The node crashed while secondary and has not yet resynced its activity-log extents.
+    pub crashed_secondary: bool,
     /// The on-disk journal holds every write since the peer was last in sync, so a catch-up can
     /// replay it in order; when false the bitmap alone describes what the peer lacks.
     pub journal_complete: bool,
@@ -179,6 +182,9 @@ impl Superblock {
         }
         if self.journal_complete {
             flags |= FLAG_JOURNAL_COMPLETE;
+        }
+        if self.crashed_secondary {
+            flags |= FLAG_CRASHED_SECONDARY;
         }
         w.put_u8(flags);
         w.put_u8(u8::from(self.last_role == Role::Primary));
@@ -295,6 +301,7 @@ impl Superblock {
             current_started_unix_millis,
             clean_shutdown: flags & FLAG_CLEAN_SHUTDOWN != 0,
             crashed_primary: flags & FLAG_CRASHED_PRIMARY != 0,
+            crashed_secondary: flags & FLAG_CRASHED_SECONDARY != 0,
             journal_complete: flags & FLAG_JOURNAL_COMPLETE != 0,
             last_role,
             disk_state,
@@ -349,6 +356,7 @@ mod tests {
             current_started_unix_millis: 1_700_000_000_000,
             clean_shutdown: true,
             crashed_primary: false,
+            crashed_secondary: true,
             journal_complete: true,
             last_role: Role::Primary,
             disk_state: DiskState::UpToDate,

@@ -66,7 +66,19 @@ impl fmt::Display for Seq {
 }
 
 /// A node's index in the cluster configuration (0 or 1 for a two-node cluster).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct NodeId(pub u8);
 
 /// The frontend's name for one client request (a ublk tag or an NBD handle, made unique by the

@@ -2,18 +2,20 @@
 //!
 //! `sim --seeds N [--first S]` runs seeds S..S+N and prints, for each failing seed, the command
 //! that replays it; it ends with `seeds: N, failures: F`. `sim --seed S` replays one seed and
-//! prints its report. `--plant-bug NAME` plants a bug (`ack-flush-early`,
-//! `skip-bitmap-flush-on-eviction`) to show that the checkers catch it.
+//! prints its report. Each seed runs two scenarios: one replica over a faulty disk, and two
+//! replicas over faulty disks and a faulty network (`--only single|cluster` runs one).
+//! `--plant-bug NAME` plants a bug (`ack-flush-early`, `skip-bitmap-flush-on-eviction`) in the
+//! single-replica scenario to show that the checkers catch it.
 
 use std::process::ExitCode;
 use std::time::Instant;
 
 use engine::replica::PlantedBug;
-use engine::sim::{SimOptions, run_seed};
+use engine::sim::{SimOptions, run_cluster_seed, run_seed};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim (--seeds N [--first S] | --seed S) [--plant-bug ack-flush-early|skip-bitmap-flush-on-eviction]"
+        "usage: sim (--seeds N [--first S] | --seed S) [--only single|cluster] [--plant-bug ack-flush-early|skip-bitmap-flush-on-eviction]"
     );
     ExitCode::from(2)
 }
@@ -24,6 +26,7 @@ fn main() -> ExitCode {
     let mut first = 0u64;
     let mut single = None;
     let mut planted_bug = None;
+    let mut only = None;
     let mut index = 0;
     while index < args.len() {
         let value = args.get(index + 1).map(String::as_str);
@@ -31,6 +34,7 @@ fn main() -> ExitCode {
             ("--seeds", Some(v)) => seeds = v.parse::<u64>().ok(),
             ("--first", Some(v)) => first = v.parse().unwrap_or(0),
             ("--seed", Some(v)) => single = v.parse::<u64>().ok(),
+            ("--only", Some(v @ ("single" | "cluster"))) => only = Some(v.to_string()),
             ("--plant-bug", Some("ack-flush-early")) => {
                 planted_bug = Some(PlantedBug::AcknowledgeFlushEarly)
             }
@@ -48,45 +52,84 @@ fn main() -> ExitCode {
         Some(PlantedBug::SkipBitmapFlushOnEviction) => " --plant-bug skip-bitmap-flush-on-eviction",
         None => "",
     };
+    let run_single = only.as_deref() != Some("cluster");
+    let run_cluster = only.as_deref() != Some("single") && planted_bug.is_none();
+    let run = |seed: u64| -> Result<[u64; 6], String> {
+        let mut totals = [0; 6];
+        if run_single {
+            let report =
+                run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
+            totals[0] += report.client_ops;
+            totals[1] += u64::from(report.crashes);
+            totals[2] += u64::from(report.journal_checks);
+        }
+        if run_cluster {
+            let report = run_cluster_seed(seed).map_err(|e| format!("cluster: {e}"))?;
+            totals[0] += report.client_ops;
+            totals[1] += u64::from(report.crashes);
+            totals[3] += u64::from(report.failovers);
+            totals[4] += u64::from(report.resyncs);
+            totals[5] += u64::from(report.identity_checks);
+        }
+        Ok(totals)
+    };
     if let Some(seed) = single {
-        return match run_seed(&SimOptions { seed, planted_bug }) {
-            Ok(report) => {
-                println!("seed {seed}: ok {report:?}");
-                ExitCode::SUCCESS
+        if run_single {
+            match run_seed(&SimOptions { seed, planted_bug }) {
+                Ok(report) => println!("seed {seed} single: ok {report:?}"),
+                Err(message) => {
+                    println!("seed {seed} single: FAILED: {message}");
+                    return ExitCode::FAILURE;
+                }
             }
-            Err(message) => {
-                println!("seed {seed}: FAILED: {message}");
-                ExitCode::FAILURE
+        }
+        if run_cluster {
+            match run_cluster_seed(seed) {
+                Ok(report) => println!("seed {seed} cluster: ok {report:?}"),
+                Err(message) => {
+                    println!("seed {seed} cluster: FAILED: {message}");
+                    return ExitCode::FAILURE;
+                }
             }
-        };
+        }
+        return ExitCode::SUCCESS;
     }
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = (0u64, 0u64, 0u64);
+    let mut totals = [0u64; 6];
     for seed in first..first + count {
-        match run_seed(&SimOptions { seed, planted_bug }) {
-            Ok(report) => {
-                totals.0 += report.client_ops;
-                totals.1 += u64::from(report.crashes);
-                totals.2 += u64::from(report.journal_checks);
+        match run(seed) {
+            Ok(seed_totals) => {
+                for (total, value) in totals.iter_mut().zip(seed_totals) {
+                    *total += value;
+                }
             }
             Err(message) => {
                 failures += 1;
                 let first_line = message.lines().next().unwrap_or_default();
                 println!("seed {seed}: FAILED: {first_line}");
+                let scenario = if message.starts_with("cluster") {
+                    " --only cluster"
+                } else {
+                    ""
+                };
                 println!(
-                    "  replay: cargo run -p engine --release --features sim --bin sim -- --seed {seed}{bug_flag}"
+                    "  replay: cargo run -p engine --release --features sim --bin sim -- --seed {seed}{scenario}{bug_flag}"
                 );
             }
         }
     }
     println!(
-        "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks",
+        "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
+         {} resyncs, {} identical-replica checks",
         started.elapsed().as_secs_f64(),
-        totals.0,
-        totals.1,
-        totals.2
+        totals[0],
+        totals[1],
+        totals[2],
+        totals[3],
+        totals[4],
+        totals[5]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

@@ -9,6 +9,7 @@ fn parse_view(text: &str, line_number: usize) -> SyncView {
         generations: GenerationSet::default(),
         node_id: NodeId(0),
         crashed_primary: false,
+        crashed_secondary: false,
         primary: false,
         out_of_sync_granules: 0,
     };
@@ -29,6 +30,7 @@ fn parse_view(text: &str, line_number: usize) -> SyncView {
             Some(("id", value)) => view.node_id = NodeId(number(value) as u8),
             Some(("oos", value)) => view.out_of_sync_granules = number(value),
             None if field == "crashed" => view.crashed_primary = true,
+            None if field == "crashed-secondary" => view.crashed_secondary = true,
             None if field == "primary" => view.primary = true,
             _ => panic!("line {line_number}: unknown field {field}"),
         }
@@ -87,27 +89,27 @@ fn generation_strategy() -> impl Strategy<Value = Generation> {
 }
 
 fn view_strategy(node: u8) -> impl Strategy<Value = SyncView> {
-    (
+    let flags = (any::<bool>(), any::<bool>(), any::<bool>(), 0u64..3);
+    let generations = (
         generation_strategy(),
         generation_strategy(),
         proptest::array::uniform4(generation_strategy()),
-        any::<bool>(),
-        any::<bool>(),
-        0u64..3,
-    )
-        .prop_map(
-            move |(current, bitmap, history, crashed_primary, primary, oos)| SyncView {
-                generations: GenerationSet {
-                    current,
-                    bitmap,
-                    history,
-                },
-                node_id: NodeId(node),
-                crashed_primary,
-                primary,
-                out_of_sync_granules: oos,
+    );
+    (generations, flags).prop_map(move |((current, bitmap, history), flags)| {
+        let (crashed_primary, crashed_secondary, primary, oos) = flags;
+        SyncView {
+            generations: GenerationSet {
+                current,
+                bitmap,
+                history,
             },
-        )
+            node_id: NodeId(node),
+            crashed_primary,
+            crashed_secondary,
+            primary,
+            out_of_sync_granules: oos,
+        }
+    })
 }
 
 proptest! {

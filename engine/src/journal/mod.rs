@@ -262,7 +262,9 @@ impl Journal {
             };
             let fits = stored <= ring && end - self.persisted_tail.position <= ring;
             let too_big = head + stored - self.disk_head > SPILL_WRITE_BYTES_MAX;
-            if !batch.is_empty() && (wrap || !fits || too_big) {
+            // One spill is one contiguous write: it ends where the ring ends.
+            let at_ring_start = head.is_multiple_of(ring);
+            if !batch.is_empty() && (wrap || !fits || too_big || at_ring_start) {
                 break;
             }
             if !fits {
@@ -328,6 +330,13 @@ impl Journal {
         let mut buffer = IoBufMut::zeroed(total);
         buffer.as_mut_slice().copy_from_slice(&encoded);
         let ring_offset = self.disk_head % self.config.ring_bytes;
+        assert!(
+            ring_offset + total as u64 <= self.config.ring_bytes,
+            "spill of {total} bytes at ring offset {ring_offset} crosses the end of a {}-byte ring (head {}, persisted tail {:?})",
+            self.config.ring_bytes,
+            self.disk_head,
+            self.persisted_tail
+        );
         self.disk_head = new_head;
         self.spill_in_flight = true;
         SpillAction::Write {

@@ -199,3 +199,41 @@ fn a_torn_record_ends_the_journal_and_keeps_the_prefix() {
     assert_eq!(recovered.next_seq(), Seq(4));
     assert_eq!(recovered.stats().records, 3);
 }
+
+#[test]
+fn a_spill_never_crosses_the_end_of_the_ring() {
+    // Records of 8 KiB fill a 40 KiB ring exactly after five; the sixth starts a new lap. A
+    // batch that took records 5 and 6 in one write once ran off the end of the ring.
+    let ring_bytes = 40 << 10;
+    let mut ring = vec![0u8; ring_bytes as usize];
+    let mut journal = Journal::new(
+        config(ring_bytes, 1 << 20),
+        JournalTail {
+            position: 0,
+            seq: Seq(1),
+        },
+    );
+    journal.activate(Seq(1));
+    for seq in 1..=12u64 {
+        write_record(&mut journal, seq, 4096);
+        if seq % 3 == 0 {
+            journal.acknowledge_through(Seq(seq - 2));
+        }
+        loop {
+            match journal.poll_spill(true) {
+                None => break,
+                Some(SpillAction::Write { ring_offset, bytes }) => {
+                    assert!(
+                        ring_offset + bytes.len() as u64 <= ring_bytes,
+                        "spill crosses the end"
+                    );
+                    let start = ring_offset as usize;
+                    ring[start..start + bytes.len()].copy_from_slice(bytes.as_slice());
+                    journal.spill_done();
+                }
+                Some(SpillAction::PersistTail(tail)) => journal.tail_persisted(tail),
+                Some(SpillAction::Overflow) => panic!("acknowledged records leave room"),
+            }
+        }
+    }
+}

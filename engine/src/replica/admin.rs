@@ -2,7 +2,7 @@
 //! [`super::Output::AdminDone`] once everything it changed is durable.
 
 use super::{AdminCommand, Event, OpPurpose, Output, Refusal, Replica, StorageOp};
-use crate::state::{DiskState, Role};
+use crate::state::{ConnState, DiskState, Role};
 use crate::types::Errno;
 
 /// An admin command waiting for something to become durable.
@@ -57,6 +57,10 @@ impl Replica {
             AdminCommand::Promote { force } => self.promote(id, force),
             AdminCommand::Demote => self.demote(id),
             AdminCommand::Detach => self.detach(id),
+            AdminCommand::Connect
+            | AdminCommand::Disconnect
+            | AdminCommand::Resync { .. }
+            | AdminCommand::Invalidate => self.peer_admin(id, command),
         }
     }
 
@@ -73,7 +77,7 @@ impl Replica {
             AdminCommand::Promote { .. } => PendingKind::Promote {
                 superblock_version: version,
             },
-            AdminCommand::Demote | AdminCommand::Detach => unreachable!("staged commands"),
+            _ => unreachable!("only attach and promote wait for a superblock version"),
         };
         self.pending_admin = Some(PendingAdmin { id, kind });
     }
@@ -100,14 +104,45 @@ impl Replica {
         if self.role == Role::Primary {
             return self.admin_done(id, Ok(()));
         }
-        if self.disk != DiskState::UpToDate {
+        let connected = matches!(self.peer.conn, ConnState::Connected | ConnState::Connecting);
+        let peer_primary = self
+            .peer
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.role == Role::Primary);
+        if connected && peer_primary {
+            return self.admin_done(id, Err(Refusal::PeerIsPrimary));
+        }
+        if let Some(resync) = &self.peer.resync
+            && resync.repl_state() == crate::state::ReplState::SyncTarget
+        {
+            return self.admin_done(id, Err(Refusal::ResyncRunning(resync.repl_state())));
+        }
+        let forced = self.disk != DiskState::UpToDate;
+        if forced {
             if !force {
                 return self.admin_done(id, Err(Refusal::NoUpToDateDisk(self.disk)));
             }
             self.force_up_to_date();
         }
+        if !forced && !connected {
+            // Promoted without a peer to confirm it has the same data: the data may move away
+            // from the peer's from now on, and a peer that crashed while primary must not count
+            // as the newer side when they meet (DRBD starts a new UUID here too).
+            let volume = self.volume.as_ref().expect("attached");
+            if volume.superblock.generations.bitmap.is_none() {
+                let version = self.start_diverging_generation("promoted without the peer");
+                self.requests.raise_superblock_gate(version);
+            }
+        }
         self.set_role(Role::Primary);
         let version = self.update_superblock(|superblock| superblock.last_role = Role::Primary);
+        if forced {
+            // The data now counts as the newest: the peer must hear it in a new handshake.
+            self.renegotiate("forced promotion: renegotiating with the peer");
+        } else {
+            self.announce_state();
+        }
         self.wait_for_superblock(id, version, AdminCommand::Promote { force });
     }
 
@@ -157,6 +192,7 @@ impl Replica {
             return self.admin_done(id, Ok(()));
         }
         self.set_role(Role::Secondary);
+        self.announce_state();
         self.pending_admin = Some(PendingAdmin {
             id,
             kind: PendingKind::Demote(DemoteStage::Draining),
@@ -175,6 +211,12 @@ impl Replica {
             id,
             kind: PendingKind::Detach(DetachStage::Draining),
         });
+        if matches!(self.peer.conn, ConnState::Connected | ConnState::Connecting) {
+            let reason = "detaching".to_string();
+            self.outputs.push_back(Output::PeerClose { reason });
+            self.peer_disconnected("detaching");
+        }
+        self.set_conn(ConnState::StandAlone, "detaching");
     }
 
     fn set_role(&mut self, to: Role) {

@@ -66,6 +66,8 @@ pub struct RecoveryReport {
     pub journal_complete: bool,
     /// The node crashed while primary.
     pub crashed_primary: bool,
+    /// The node crashed while secondary.
+    pub crashed_secondary: bool,
     /// Granules out of sync after recovery.
     pub out_of_sync_granules: u64,
 }
@@ -122,6 +124,9 @@ impl fmt::Display for RecoveryReport {
         }
         if self.crashed_primary {
             write!(f, "; crashed primary")?;
+        }
+        if self.crashed_secondary {
+            write!(f, "; crashed secondary")?;
         }
         write!(f, "; {} granules out of sync", self.out_of_sync_granules)
     }
@@ -261,6 +266,9 @@ impl Replica {
         self.role = Role::Secondary;
         let version = self.update_superblock(|superblock| {
             superblock.clean_shutdown = false;
+            // A replica always starts as secondary; if it crashes before a promotion, it
+            // crashed as a secondary.
+            superblock.last_role = Role::Secondary;
         });
         self.emit(Event::Recovered(Box::new(report)));
         self.wait_for_superblock(admin_id, version, AdminCommand::Attach { backing_bytes: 0 });
@@ -278,8 +286,14 @@ impl Replica {
     /// The attach's superblock write is durable: the disk takes its persisted state.
     pub(super) fn finish_attach(&mut self) {
         let volume = self.volume.as_ref().expect("attached");
-        let state = volume.superblock.disk_state;
-        self.set_disk_state(state, "metadata recovered");
+        let superblock = &volume.superblock;
+        if superblock.crashed_secondary && superblock.disk_state == DiskState::UpToDate {
+            // Writes it acknowledged may have been lost from its disk cache: the data is
+            // consistent but may be older than the primary's until a resync from it.
+            let reason = "crashed while secondary: up to date again after a resync from the peer";
+            return self.set_disk_state(DiskState::Consistent, reason);
+        }
+        self.set_disk_state(superblock.disk_state, "metadata recovered");
     }
 }
 
@@ -321,8 +335,9 @@ fn recover(
             bitmap.set(granules);
             extents_marked += 1;
         }
-        if superblock.last_role == Role::Primary {
-            superblock.crashed_primary = true;
+        match superblock.last_role {
+            Role::Primary => superblock.crashed_primary = true,
+            Role::Secondary => superblock.crashed_secondary = true,
         }
     }
     if !al.damaged_blocks.is_empty() {
@@ -368,6 +383,7 @@ fn recover(
         journal_end: scan.end.to_string(),
         journal_complete: complete,
         crashed_primary: superblock.crashed_primary,
+        crashed_secondary: superblock.crashed_secondary,
         out_of_sync_granules: bitmap.weight(),
     };
     let volume = Volume {

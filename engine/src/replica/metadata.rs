@@ -24,8 +24,21 @@ pub(super) struct AlTransaction {
     /// Bitmap pages (and versions) that must be durable before the blocks are written: those
     /// covering the evicted extents.
     pages_needed: Vec<(u32, u64)>,
+    /// Where the storage flush that makes the evicted extents' writes durable stands.
+    flush: EvictionFlush,
     /// Block writes not yet completed; `None` until the blocks are written.
     blocks_outstanding: Option<usize>,
+}
+
+/// Writes into an evicted extent may still sit in the disk's volatile cache; once the extent is
+/// out of the log a crash would lose them unnoticed (their bits are clear: the peer has them).
+/// So a transaction that evicts flushes the storage first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum EvictionFlush {
+    NotNeeded,
+    Needed,
+    InFlight,
+    Done,
 }
 
 impl Replica {
@@ -224,9 +237,19 @@ impl Replica {
                 }
             }
         }
+        let evicts = transaction
+            .changes
+            .iter()
+            .any(|change| change.evicted.is_some());
+        let flush = if evicts {
+            EvictionFlush::Needed
+        } else {
+            EvictionFlush::NotNeeded
+        };
         volume.transaction = Some(AlTransaction {
             transaction,
             pages_needed,
+            flush,
             blocks_outstanding: None,
         });
         self.advance_transaction();
@@ -256,6 +279,15 @@ impl Replica {
             }
             return progress;
         }
+        match transaction.flush {
+            EvictionFlush::Needed => {
+                volume.transaction.as_mut().expect("transaction").flush = EvictionFlush::InFlight;
+                self.submit(StorageOp::Flush, OpPurpose::ActivityLogFlush);
+                return true;
+            }
+            EvictionFlush::InFlight => return false,
+            EvictionFlush::NotNeeded | EvictionFlush::Done => {}
+        }
         let volume = self.volume.as_mut().expect("attached");
         let tag = volume.superblock.instance_tag();
         let transaction = volume.transaction.as_mut().expect("transaction in flight");
@@ -283,6 +315,15 @@ impl Replica {
             );
         }
         true
+    }
+
+    pub(super) fn activity_log_flush_completion(&mut self, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            return self.fail_disk("flushing before an activity-log transaction", errno);
+        }
+        if let Some(transaction) = self.volume.as_mut().and_then(|v| v.transaction.as_mut()) {
+            transaction.flush = EvictionFlush::Done;
+        }
     }
 
     pub(super) fn activity_log_completion(&mut self, result: Result<(), Errno>) {

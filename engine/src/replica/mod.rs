@@ -16,7 +16,9 @@
 mod admin;
 mod attach;
 mod metadata;
+mod peer;
 mod requests;
+mod resync;
 #[cfg(test)]
 mod tests;
 
@@ -25,16 +27,18 @@ use std::fmt;
 use std::time::Duration;
 
 pub use attach::RecoveryReport;
+pub use resync::SyncProgress;
 use serde::Serialize;
 
 use crate::activity_log::ActivityLog;
 use crate::bitmap::DirtyBitmap;
 use crate::buffer::IoBuf;
-use crate::generation::GenerationSet;
+use crate::generation::{GenerationSet, SyncDecision, SyncRule};
 use crate::journal::{Journal, JournalStats};
 use crate::layout::Layout;
 use crate::prng::Prng;
-use crate::state::{DiskState, Role};
+use crate::protocol::messages::PeerMessage;
+use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::superblock::Superblock;
 use crate::types::{Errno, Instant, NodeId, Now, RequestTag, StorageOpId};
 
@@ -54,6 +58,19 @@ pub struct ReplicaConfig {
     pub request_bytes_max: u64,
     /// How often changed bitmap pages are written even when no extent leaves the activity log.
     pub bitmap_flush_interval: Duration,
+    /// How often a ping goes to a connected peer.
+    pub ping_interval: Duration,
+    /// A connected peer silent for this long is disconnected.
+    pub ping_timeout: Duration,
+    /// Bytes of replicated writes awaiting the peer's acknowledgement; more client writes wait
+    /// (backpressure from a slow peer).
+    pub replication_window_bytes: u64,
+    /// Resync bytes in flight (read, sent, not yet acknowledged) when clients are idle.
+    pub resync_window_bytes: u64,
+    /// Largest resync read.
+    pub resync_chunk_bytes: u64,
+    /// An optional cap on the resync rate.
+    pub resync_rate_bytes_per_second_max: Option<u64>,
     /// A deliberately planted bug, for showing that the simulator catches it.
     #[cfg(feature = "sim")]
     pub planted_bug: Option<PlantedBug>,
@@ -69,6 +86,12 @@ impl ReplicaConfig {
             requests_in_flight_max: 4096,
             request_bytes_max: crate::journal::record::RECORD_PAYLOAD_BYTES_MAX,
             bitmap_flush_interval: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(1),
+            ping_timeout: Duration::from_secs(6),
+            replication_window_bytes: 64 << 20,
+            resync_window_bytes: 16 << 20,
+            resync_chunk_bytes: 1 << 20,
+            resync_rate_bytes_per_second_max: None,
             #[cfg(feature = "sim")]
             planted_bug: None,
         }
@@ -101,6 +124,15 @@ pub enum Input {
     },
     /// The deadline the replica asked for has passed.
     Timer,
+    /// An authenticated link to the peer is up.
+    PeerConnected,
+    /// A message from the peer.
+    PeerMessage(PeerMessage),
+    /// The link to the peer is gone.
+    PeerDisconnected {
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 /// A client request and the frontend's tag for it.
@@ -239,6 +271,17 @@ pub enum AdminCommand {
     Demote,
     /// Write everything out, mark the metadata clean and close the backing store.
     Detach,
+    /// Keep a link to the peer (the driver connects and reconnects).
+    Connect,
+    /// Drop the link to the peer and stay stand-alone.
+    Disconnect,
+    /// Resync to the peer as source: every granule (`full`) or those marked out of sync.
+    Resync {
+        /// Every granule.
+        full: bool,
+    },
+    /// Throw away this node's data: it becomes the target of a full sync from the peer.
+    Invalidate,
 }
 
 /// Why a command was refused.
@@ -263,6 +306,21 @@ pub enum Refusal {
     /// Opening the metadata failed.
     #[error("{0}")]
     Attach(String),
+    /// The peer is primary.
+    #[error("the peer is primary; demote it first")]
+    PeerIsPrimary,
+    /// Needs a connected peer.
+    #[error("not connected to the peer (connection {0})")]
+    NotConnected(ConnState),
+    /// A resync is running.
+    #[error("a resync is running ({0})")]
+    ResyncRunning(ReplState),
+    /// Not allowed on a primary.
+    #[error("this node is primary; demote it first")]
+    IsPrimary,
+    /// Nothing to do.
+    #[error("{0}")]
+    Nothing(&'static str),
 }
 
 /// What the replica tells its driver besides I/O.
@@ -281,6 +339,13 @@ pub enum Output {
     },
     /// Something worth a log line.
     Event(Event),
+    /// Send this message to the peer (in order).
+    PeerSend(PeerMessage),
+    /// Close the link to the peer.
+    PeerClose {
+        /// Why, for the log.
+        reason: String,
+    },
 }
 
 /// State changes and decisions, one log line each.
@@ -316,6 +381,33 @@ pub enum Event {
         /// Records dropped (all still covered by the bitmap).
         records_dropped: u64,
     },
+    /// The connection state changed.
+    Connection {
+        /// Before.
+        from: ConnState,
+        /// After.
+        to: ConnState,
+        /// Why.
+        reason: String,
+    },
+    /// The two nodes decided how to bring their data together.
+    Decided {
+        /// The decision, from this node's side.
+        decision: SyncDecision,
+        /// The rule that made it.
+        rule: SyncRule,
+        /// Generations of both sides, for the log.
+        detail: String,
+    },
+    /// The replication state changed.
+    Replication {
+        /// Before.
+        from: ReplState,
+        /// After.
+        to: ReplState,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -335,6 +427,19 @@ impl fmt::Display for Event {
                 "journal overflow: {records_dropped} records dropped, the bitmap takes over; \
                  the peer will be inconsistent until the bitmap resync ends"
             ),
+            Self::Connection { from, to, reason } => {
+                write!(f, "connection {from} -> {to}: {reason}")
+            }
+            Self::Decided {
+                decision,
+                rule,
+                detail,
+            } => {
+                write!(f, "sync decision {decision} by rule={rule} ({detail})")
+            }
+            Self::Replication { from, to, reason } => {
+                write!(f, "replication {from} -> {to}: {reason}")
+            }
         }
     }
 }
@@ -362,6 +467,22 @@ pub struct ReplicaStatus {
     pub activity_log_extents: u64,
     /// Client requests in flight.
     pub requests_in_flight: u64,
+    /// Connection to the peer.
+    pub connection: ConnState,
+    /// Replication state.
+    pub replication: ReplState,
+    /// The peer's disk state (`unknown` when not connected).
+    pub peer_disk: DiskState,
+    /// The peer's role, when connected.
+    pub peer_role: Option<Role>,
+    /// A split brain was detected and not yet resolved.
+    pub split_brain: bool,
+    /// The last sync decision and its rule.
+    pub last_decision: Option<(SyncDecision, SyncRule)>,
+    /// Why the connection is stand-alone or was last lost.
+    pub connection_reason: Option<String>,
+    /// Resync progress, while a resync runs.
+    pub sync: Option<SyncProgress>,
 }
 
 /// Journal counters in status.
@@ -418,6 +539,20 @@ struct Volume {
     journal_tail_persisting: Option<(u64, crate::journal::JournalTail)>,
 }
 
+impl Volume {
+    /// The granules a byte range covers entirely (a partial last granule of the volume counts).
+    fn whole_granules(&self, range: crate::types::ByteRange) -> std::ops::Range<u64> {
+        let granule = self.bitmap.granule_bytes();
+        let first = range.offset.div_ceil(granule);
+        let end = if range.end() >= self.layout.data_bytes {
+            self.bitmap.granule_count()
+        } else {
+            range.end() / granule
+        };
+        first..end.max(first)
+    }
+}
+
 /// What a storage operation in flight is for.
 #[derive(Clone, Copy, Debug)]
 enum OpPurpose {
@@ -425,10 +560,14 @@ enum OpPurpose {
     AttachRegion(attach::Region),
     ClientRead(RequestTag),
     ClientWrite(requests::WriteId),
-    ClientFlush(RequestTag),
+    ClientFlush(u64),
+    PeerFlush(u64),
+    ResyncRead { offset: u64 },
+    ResyncFlush,
     Superblock { version: u64, copy: usize },
     BitmapPage { page: u32, version: u64 },
     ActivityLogBlock,
+    ActivityLogFlush,
     JournalSpill,
     DetachFlush,
 }
@@ -446,6 +585,7 @@ pub struct Replica {
     attach: Option<attach::AttachJob>,
     pending_admin: Option<admin::PendingAdmin>,
     requests: requests::Requests,
+    peer: peer::Peer,
     ops: HashMap<StorageOpId, OpPurpose>,
     next_op_id: u64,
     outputs: VecDeque<Output>,
@@ -467,6 +607,7 @@ impl Replica {
             attach: None,
             pending_admin: None,
             requests: requests::Requests::default(),
+            peer: peer::Peer::default(),
             ops: HashMap::new(),
             next_op_id: 1,
             outputs: VecDeque::new(),
@@ -486,6 +627,9 @@ impl Replica {
             Input::Storage(completion) => self.storage_completion(completion),
             Input::Admin { id, command } => self.admin_command(id, command),
             Input::Timer => self.timer(),
+            Input::PeerConnected => self.peer_connected(),
+            Input::PeerMessage(message) => self.peer_message(message),
+            Input::PeerDisconnected { reason } => self.peer_disconnected(&reason),
         }
         self.advance();
     }
@@ -510,7 +654,10 @@ impl Replica {
 
     /// When the replica wants an [`Input::Timer`], if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.next_bitmap_flush
+        [self.next_bitmap_flush, self.peer_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The current role.
@@ -560,6 +707,18 @@ impl Replica {
             activity_log_extents: volume
                 .map_or(0, |v| v.activity_log.active_extents().count() as u64),
             requests_in_flight: self.requests.in_flight() as u64,
+            connection: self.peer.conn,
+            replication: self.peer.repl,
+            peer_disk: self
+                .peer
+                .remote
+                .as_ref()
+                .map_or(DiskState::Unknown, |r| r.disk),
+            peer_role: self.peer.remote.as_ref().map(|r| r.role),
+            split_brain: self.peer.split_brain,
+            last_decision: self.peer.last_decision,
+            connection_reason: self.peer.reason.clone(),
+            sync: self.sync_progress(),
         }
     }
 
@@ -575,7 +734,10 @@ impl Replica {
             }
             OpPurpose::ClientRead(tag) => self.read_completion(tag, result),
             OpPurpose::ClientWrite(write) => self.write_completion(write, result.map(|_| ())),
-            OpPurpose::ClientFlush(tag) => self.flush_completion(tag, result.map(|_| ())),
+            OpPurpose::ClientFlush(flush) => self.flush_completion(flush, result.map(|_| ())),
+            OpPurpose::PeerFlush(id) => self.peer_flush_completion(id, result.map(|_| ())),
+            OpPurpose::ResyncRead { offset } => self.resync_read_completion(offset, result),
+            OpPurpose::ResyncFlush => self.resync_flush_completion(result.map(|_| ())),
             OpPurpose::Superblock { version, copy } => {
                 self.superblock_completion(version, copy, result.map(|_| ()));
             }
@@ -583,6 +745,7 @@ impl Replica {
                 self.bitmap_page_completion(page, version, result.map(|_| ()));
             }
             OpPurpose::ActivityLogBlock => self.activity_log_completion(result.map(|_| ())),
+            OpPurpose::ActivityLogFlush => self.activity_log_flush_completion(result.map(|_| ())),
             OpPurpose::JournalSpill => self.journal_spill_completion(result.map(|_| ())),
             OpPurpose::DetachFlush => self.detach_flush_completion(result.map(|_| ())),
         }
@@ -598,6 +761,7 @@ impl Replica {
             progress |= self.advance_writes();
             progress |= self.advance_metadata();
             progress |= self.advance_admin();
+            progress |= self.advance_peer();
             if !progress {
                 return;
             }
@@ -660,5 +824,10 @@ impl Replica {
                 Some(self.now.monotonic.after(self.config.bitmap_flush_interval));
             self.flush_changed_bitmap_pages();
         }
+        self.peer_timer();
+    }
+
+    fn send(&mut self, message: PeerMessage) {
+        self.outputs.push_back(Output::PeerSend(message));
     }
 }

@@ -1,6 +1,20 @@
-//! Client requests: validation, the write pipeline with its gates, reads and flushes.
+//! Writes, reads and flushes: from clients on the primary, replicated from the primary on the
+//! secondary, and resync data on a resync target.
+//!
+//! Every write, whatever its origin, passes the same gates in arrival order among the writes it
+//! overlaps: no earlier overlapping write in flight (so both nodes apply overlapping writes in
+//! the same order), its activity-log extents hot, and the superblock changes it depends on
+//! durable. A client write additionally waits for room in the replication window while the
+//! peer receives writes (backpressure), and starts a new generation first when it is the first
+//! write the peer will not get. A replicated write additionally waits until every write it
+//! depends on (`after`) has completed here.
+//!
+//! A client write completes when the local write is done and, while replicating (protocol C),
+//! the peer has acknowledged it. If the peer goes away first, its granules are marked out of
+//! sync and the write completes once the generation change that records the divergence is
+//! durable.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 
 use super::{
@@ -10,11 +24,12 @@ use super::{
 use crate::buffer::IoBuf;
 use crate::codec::checksum;
 use crate::journal::record::{RecordHeader, RecordKind};
+use crate::protocol::messages::PeerMessage;
 use crate::state::{DiskState, Role};
 use crate::types::{ByteRange, Errno, RequestTag, SECTOR_BYTES, Seq};
 
 /// The replica's name for a write it holds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) struct WriteId(u64);
 
 #[derive(Clone, Debug)]
@@ -24,8 +39,19 @@ enum WriteKind {
     Zeroes,
 }
 
-/// A client request split into several writes (a trim across extents): it completes when all of
-/// them have.
+/// Where a write came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// A client request (one chunk of parent request `parent`).
+    Client { parent: u64 },
+    /// A write replicated from the primary.
+    Peer { seq: Seq, after: Seq },
+    /// Resync data from the source.
+    Resync,
+}
+
+/// A client request split into several writes (a trim across extents): it completes when all
+/// of them have.
 #[derive(Clone, Copy, Debug)]
 struct Parent {
     tag: RequestTag,
@@ -35,16 +61,31 @@ struct Parent {
 
 #[derive(Clone, Debug)]
 struct PendingWrite {
-    parent: u64,
+    origin: Origin,
     range: ByteRange,
     kind: WriteKind,
     fua: bool,
     extents: Range<u64>,
-    /// Assigned when the write is issued.
+    /// Sequence number of a client write, assigned when issued.
     seq: Option<Seq>,
+    /// The local storage result, once it is in.
+    local: Option<bool>,
+    /// A client write sent to the peer and not yet acknowledged.
+    awaiting_peer: bool,
+    /// The superblock version that must be durable before the write completes (after the peer
+    /// was lost while the write was in flight).
+    completion_gate: u64,
 }
 
-/// Client requests held by the replica.
+/// A client flush: the local flush and, while replicating, the peer's.
+#[derive(Clone, Copy, Debug)]
+struct PendingFlush {
+    tag: RequestTag,
+    local: Option<bool>,
+    awaiting_peer: bool,
+}
+
+/// Requests held by the replica.
 #[derive(Debug, Default)]
 pub(super) struct Requests {
     next_write_id: u64,
@@ -52,22 +93,36 @@ pub(super) struct Requests {
     parents: HashMap<u64, Parent>,
     /// Writes not yet issued, in arrival order.
     queued: VecDeque<WriteId>,
-    /// Every write held, queued or in flight.
+    /// Every write held, queued or issued.
     writes: HashMap<WriteId, PendingWrite>,
     /// Issued writes, in issue order.
     issued: Vec<WriteId>,
     reads_in_flight: usize,
-    flushes_in_flight: usize,
+    flushes: HashMap<u64, PendingFlush>,
+    next_flush_id: u64,
     /// Writes may be issued only once this superblock version is durable.
     superblock_gate: u64,
     /// The next sequence number to assign.
     next_seq: Seq,
+    /// The newest sequence number completed to a client (the `after` of the next write).
+    completed_seq: Seq,
+    /// Client writes sent to the peer and not yet acknowledged, by sequence number.
+    awaiting_acks: HashMap<Seq, WriteId>,
+    /// Bytes of those writes.
+    awaiting_bytes: u64,
+    /// Replicated writes received and not yet completed here, by the primary's sequence number.
+    peer_incomplete: BTreeSet<Seq>,
 }
 
 impl Requests {
-    /// Requests accepted and not yet completed.
+    /// Client requests accepted and not yet completed.
     pub(super) fn in_flight(&self) -> usize {
-        self.parents.len() + self.reads_in_flight + self.flushes_in_flight
+        self.parents.len() + self.reads_in_flight + self.flushes.len()
+    }
+
+    /// Client writes queued or in flight.
+    pub(super) fn client_writes(&self) -> usize {
+        self.parents.len()
     }
 
     /// Later writes wait until superblock version `version` is durable.
@@ -75,22 +130,35 @@ impl Requests {
         self.superblock_gate = self.superblock_gate.max(version);
     }
 
+    /// The next sequence number to assign.
+    pub(super) fn next_seq(&self) -> Seq {
+        self.next_seq
+    }
+
     /// Sets the next sequence number (at attach).
     pub(super) fn set_next_seq(&mut self, seq: Seq) {
         self.next_seq = seq;
     }
 
+    /// Whether an issued write overlaps `range`.
+    pub(super) fn issued_overlaps(&self, range: ByteRange) -> bool {
+        self.issued
+            .iter()
+            .any(|id| self.writes[id].range.overlaps(range))
+    }
+
+    /// Whether resync writes are queued or in flight.
+    pub(super) fn resync_writes_pending(&self) -> bool {
+        self.writes.values().any(|w| w.origin == Origin::Resync)
+    }
+
     fn overlaps_earlier(&self, position: usize, range: ByteRange) -> bool {
-        let in_flight = self
-            .issued
-            .iter()
-            .any(|id| self.writes[id].range.overlaps(range));
-        let queued = self
-            .queued
-            .iter()
-            .take(position)
-            .any(|id| self.writes[id].range.overlaps(range));
-        in_flight || queued
+        self.issued_overlaps(range)
+            || self
+                .queued
+                .iter()
+                .take(position)
+                .any(|id| self.writes[id].range.overlaps(range))
     }
 }
 
@@ -120,31 +188,25 @@ impl Replica {
                     OpPurpose::ClientRead(tag),
                 );
             }
-            ClientOp::Flush => {
-                self.requests.flushes_in_flight += 1;
-                self.submit(StorageOp::Flush, OpPurpose::ClientFlush(tag));
-                if self.planted(PlantedBug::AcknowledgeFlushEarly) {
-                    self.requests.flushes_in_flight -= 1;
-                    self.complete(tag, Ok(None));
-                }
-            }
+            ClientOp::Flush => self.client_flush(tag),
             ClientOp::Write { offset, data, fua } => {
                 let range = ByteRange::new(offset, data.len() as u64);
-                self.queue_write(tag, range, WriteKind::Data(data), fua);
+                self.queue_client_write(tag, range, WriteKind::Data(data), fua);
             }
             ClientOp::Trim {
                 offset,
                 length,
                 fua,
             } => {
-                self.queue_write(tag, ByteRange::new(offset, length), WriteKind::Trim, fua);
+                self.queue_client_write(tag, ByteRange::new(offset, length), WriteKind::Trim, fua);
             }
             ClientOp::WriteZeroes {
                 offset,
                 length,
                 fua,
             } => {
-                self.queue_write(tag, ByteRange::new(offset, length), WriteKind::Zeroes, fua);
+                let range = ByteRange::new(offset, length);
+                self.queue_client_write(tag, range, WriteKind::Zeroes, fua);
             }
         }
     }
@@ -157,12 +219,42 @@ impl Replica {
         if self.volume.is_none() || self.role != Role::Primary || self.detaching() {
             return Err(Errno::EPERM);
         }
+        if !self.disk.is_consistent() {
+            // An inconsistent primary would need reads from the peer; tandem does not promote one.
+            return Err(Errno::EIO);
+        }
         Ok(())
     }
 
-    /// Queues a write. Trims and zeroings are split at activity-log extent boundaries, so that
-    /// one request never needs more of the log than a data write of the maximum size does.
-    fn queue_write(&mut self, tag: RequestTag, range: ByteRange, kind: WriteKind, fua: bool) {
+    fn client_flush(&mut self, tag: RequestTag) {
+        let id = self.requests.next_flush_id;
+        self.requests.next_flush_id += 1;
+        let replicating = self.replicating();
+        let flush = PendingFlush {
+            tag,
+            local: None,
+            awaiting_peer: replicating,
+        };
+        self.requests.flushes.insert(id, flush);
+        self.submit(StorageOp::Flush, OpPurpose::ClientFlush(id));
+        if replicating {
+            self.send(PeerMessage::Flush { id });
+        }
+        if self.planted(PlantedBug::AcknowledgeFlushEarly) {
+            let flush = self.requests.flushes.remove(&id).expect("just inserted");
+            self.complete(flush.tag, Ok(None));
+        }
+    }
+
+    /// Queues a client write. Trims and zeroings are split at activity-log extent boundaries, so
+    /// that one request never needs more of the log than a data write of the maximum size does.
+    fn queue_client_write(
+        &mut self,
+        tag: RequestTag,
+        range: ByteRange,
+        kind: WriteKind,
+        fua: bool,
+    ) {
         if range.length == 0 {
             return self.complete(tag, Ok(None));
         }
@@ -174,8 +266,7 @@ impl Replica {
             WriteKind::Trim | WriteKind::Zeroes => {
                 let mut offset = range.offset;
                 while offset < range.end() {
-                    let extent_end = (offset / extent_bytes + 1) * extent_bytes;
-                    let end = extent_end.min(range.end());
+                    let end = ((offset / extent_bytes + 1) * extent_bytes).min(range.end());
                     chunks.push(ByteRange::new(offset, end - offset));
                     offset = end;
                 }
@@ -193,28 +284,114 @@ impl Replica {
             },
         );
         for chunk in chunks {
-            let extents = volume.activity_log.extents_of(chunk.offset, chunk.length);
-            let id = WriteId(self.requests.next_write_id);
-            self.requests.next_write_id += 1;
-            let write = PendingWrite {
-                parent,
-                range: chunk,
-                kind: kind.clone(),
-                fua,
-                extents,
-                seq: None,
-            };
-            self.requests.writes.insert(id, write);
-            self.requests.queued.push_back(id);
+            self.queue_write(Origin::Client { parent }, chunk, kind.clone(), fua);
         }
     }
 
-    /// Issues every queued write whose gates are open. Returns whether any was issued.
+    /// Queues a write replicated from the primary.
+    pub(super) fn queue_peer_write(&mut self, message: PeerMessage) -> Result<(), String> {
+        let (seq, after, range, kind, fua) = match message {
+            PeerMessage::Write {
+                seq,
+                after,
+                offset,
+                fua,
+                data,
+            } => {
+                let range = ByteRange::new(offset, data.len() as u64);
+                (seq, after, range, WriteKind::Data(data), fua)
+            }
+            PeerMessage::Trim {
+                seq,
+                after,
+                offset,
+                length,
+                fua,
+            } => (
+                seq,
+                after,
+                ByteRange::new(offset, u64::from(length)),
+                WriteKind::Trim,
+                fua,
+            ),
+            PeerMessage::WriteZeroes {
+                seq,
+                after,
+                offset,
+                length,
+                fua,
+            } => (
+                seq,
+                after,
+                ByteRange::new(offset, u64::from(length)),
+                WriteKind::Zeroes,
+                fua,
+            ),
+            other => unreachable!("not a write: {other}"),
+        };
+        self.check_peer_range(
+            range,
+            self.config.request_bytes_max.max(u64::from(u32::MAX)),
+        )?;
+        if !self.requests.peer_incomplete.insert(seq) {
+            return Err(format!("the peer sent write {seq} twice"));
+        }
+        self.queue_write(Origin::Peer { seq, after }, range, kind, fua);
+        Ok(())
+    }
+
+    /// Queues resync data from the source.
+    pub(super) fn queue_resync_write(&mut self, offset: u64, data: IoBuf) -> Result<(), String> {
+        let range = ByteRange::new(offset, data.len() as u64);
+        self.check_peer_range(range, self.config.resync_chunk_bytes.max(1 << 20) * 4)?;
+        self.queue_write(Origin::Resync, range, WriteKind::Data(data), false);
+        Ok(())
+    }
+
+    fn check_peer_range(&self, range: ByteRange, length_max: u64) -> Result<(), String> {
+        let data_bytes = self.volume.as_ref().map_or(0, |v| v.layout.data_bytes);
+        let aligned =
+            range.offset.is_multiple_of(SECTOR_BYTES) && range.length.is_multiple_of(SECTOR_BYTES);
+        let inside = range
+            .offset
+            .checked_add(range.length)
+            .is_some_and(|end| end <= data_bytes);
+        if range.length == 0 || !aligned || !inside || range.length > length_max {
+            return Err(format!("the peer sent a write to an invalid range {range}"));
+        }
+        Ok(())
+    }
+
+    fn queue_write(&mut self, origin: Origin, range: ByteRange, kind: WriteKind, fua: bool) {
+        let volume = self.volume.as_ref().expect("attached");
+        let extents = volume.activity_log.extents_of(range.offset, range.length);
+        let id = WriteId(self.requests.next_write_id);
+        self.requests.next_write_id += 1;
+        let write = PendingWrite {
+            origin,
+            range,
+            kind,
+            fua,
+            extents,
+            seq: None,
+            local: None,
+            awaiting_peer: false,
+            completion_gate: 0,
+        };
+        self.requests.writes.insert(id, write);
+        self.requests.queued.push_back(id);
+    }
+
+    /// Issues every queued write whose gates are open, and completes every write that is done.
+    /// Returns whether anything changed.
     pub(super) fn advance_writes(&mut self) -> bool {
-        if self.volume.is_none() || self.disk == DiskState::Failed {
+        if self.volume.is_none() {
             return false;
         }
-        let mut progress = false;
+        let mut progress = self.finish_done_writes();
+        if self.disk == DiskState::Failed {
+            return progress;
+        }
         let mut position = 0;
         while position < self.requests.queued.len() {
             let id = self.requests.queued[position];
@@ -231,8 +408,8 @@ impl Replica {
 
     fn write_may_issue(&mut self, id: WriteId, position: usize) -> bool {
         let write = &self.requests.writes[&id];
-        let (range, extents) = (write.range, write.extents.clone());
-        if self.requests.overlaps_earlier(position, range) {
+        let (range, extents, origin) = (write.range, write.extents.clone(), write.origin);
+        if self.requests.overlaps_earlier(position, range) || self.resync_reading_overlaps(range) {
             return false;
         }
         let volume = self.volume.as_ref().expect("attached");
@@ -242,23 +419,49 @@ impl Replica {
         {
             return false;
         }
-        // The write will make this node's data differ from the peer's. If the bitmap does not
-        // yet count changes from a shared generation, start a new generation first, so that a
-        // peer which moved on meanwhile sees a split brain instead of overwriting this write.
-        if volume.superblock.generations.bitmap.is_none() {
-            self.start_diverging_generation();
+        match origin {
+            Origin::Peer { after, .. } => {
+                if self
+                    .requests
+                    .peer_incomplete
+                    .range(..=after)
+                    .next()
+                    .is_some()
+                {
+                    return false;
+                }
+            }
+            Origin::Client { .. } if self.replicating() => {
+                let window = self.config.replication_window_bytes;
+                let pending = self.requests.awaiting_bytes;
+                if pending > 0 && pending + range.length > window {
+                    return false;
+                }
+            }
+            Origin::Client { .. } => {
+                // The write will make this node's data differ from the peer's. If the bitmap does
+                // not yet count changes from a shared generation, start a new generation first,
+                // so that a peer which moved on meanwhile sees a split brain instead of
+                // overwriting this write.
+                if volume.superblock.generations.bitmap.is_none() {
+                    let version = self.start_diverging_generation("first write without the peer");
+                    self.requests.raise_superblock_gate(version);
+                }
+            }
+            Origin::Resync => {}
         }
         self.superblock_durable(self.requests.superblock_gate)
     }
 
-    fn start_diverging_generation(&mut self) {
+    /// Starts a new generation (the data is about to move away from the peer's) and returns the
+    /// superblock version that records it.
+    pub(super) fn start_diverging_generation(&mut self, reason: &'static str) -> u64 {
         let generation = self.new_generation();
         let unix_millis = self.now.unix_millis;
         let version = self.update_superblock(|superblock| {
             superblock.generations.start_new(generation);
             superblock.current_started_unix_millis = unix_millis;
         });
-        self.requests.raise_superblock_gate(version);
         let generations = self
             .volume
             .as_ref()
@@ -267,42 +470,50 @@ impl Replica {
             .generations;
         self.emit(Event::NewGeneration {
             generations,
-            reason: "first write without the peer",
+            reason,
         });
+        version
+    }
+
+    /// Marks `range` out of sync. On a primary whose bitmap does not yet count from a shared
+    /// generation this starts a new one. Returns the superblock version that must be durable
+    /// before anything that relies on the mark completes.
+    pub(super) fn mark_out_of_sync(&mut self, range: ByteRange) -> u64 {
+        let volume = self.volume.as_mut().expect("attached");
+        let granules = volume.bitmap.granules_of(range);
+        volume.bitmap.set(granules);
+        let diverging =
+            self.role == Role::Primary && volume.superblock.generations.bitmap.is_none();
+        if diverging {
+            return self.start_diverging_generation("the peer did not acknowledge a write");
+        }
+        let volume = self.volume.as_ref().expect("attached");
+        volume.superblock_version
     }
 
     fn issue_write(&mut self, id: WriteId) {
-        let seq = self.requests.next_seq;
-        self.requests.next_seq = seq.next();
+        let replicating = self.replicating();
         let volume = self.volume.as_mut().expect("attached");
         let write = self.requests.writes.get_mut(&id).expect("held");
-        write.seq = Some(seq);
         for extent in write.extents.clone() {
             volume.activity_log.acquire(extent);
         }
-        let granules = volume.bitmap.granules_of(write.range);
-        volume.bitmap.set(granules);
-        let (kind, payload) = match &write.kind {
-            WriteKind::Data(data) => (RecordKind::Write, Some(data.clone())),
-            WriteKind::Trim => (RecordKind::Trim, None),
-            WriteKind::Zeroes => (RecordKind::WriteZeroes, None),
-        };
-        if volume.journal.is_active() {
-            let payload_bytes = payload.as_ref().map_or(0, |p| p.len() as u32);
-            let header = RecordHeader {
-                kind,
-                fua: write.fua,
-                seq,
-                offset: write.range.offset,
-                length: u32::try_from(write.range.length).expect("validated"),
-                payload_bytes,
-                payload_checksum: payload
-                    .as_ref()
-                    .map_or(checksum(&[]), |p| checksum(p.as_slice())),
-            };
-            volume.journal.append(header, payload);
-        } else {
-            volume.journal.set_next_seq(seq.next());
+        if let Origin::Client { .. } = write.origin {
+            let seq = self.requests.next_seq;
+            self.requests.next_seq = seq.next();
+            write.seq = Some(seq);
+            let after = self.requests.completed_seq;
+            if replicating {
+                write.awaiting_peer = true;
+                self.requests.awaiting_acks.insert(seq, id);
+                self.requests.awaiting_bytes += write.range.length;
+                let message = peer_message(write, seq, after);
+                self.outputs.push_back(Output::PeerSend(message));
+            } else {
+                let granules = volume.bitmap.granules_of(write.range);
+                volume.bitmap.set(granules);
+            }
+            journal_append(volume, write, seq);
         }
         let (offset, length, fua) = (write.range.offset, write.range.length, write.fua);
         let op = match &write.kind {
@@ -327,6 +538,104 @@ impl Replica {
     }
 
     pub(super) fn write_completion(&mut self, id: WriteId, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            self.fail_disk("writing data", errno);
+        }
+        let failed = self.disk == DiskState::Failed;
+        let write = self.requests.writes.get_mut(&id).expect("held");
+        write.local = Some(result.is_ok() && !failed);
+    }
+
+    /// The peer acknowledged a replicated client write.
+    pub(super) fn peer_write_acknowledged(&mut self, seq: Seq, ok: bool) -> Result<(), String> {
+        let id = self
+            .requests
+            .awaiting_acks
+            .remove(&seq)
+            .ok_or(format!("unexpected ack of write {seq}"))?;
+        let write = self.requests.writes.get_mut(&id).expect("held");
+        write.awaiting_peer = false;
+        self.requests.awaiting_bytes -= write.range.length;
+        // The journal keeps what the peer has not acknowledged: everything below the oldest
+        // write still awaited is now on the peer.
+        let oldest_awaited = self.requests.awaiting_acks.keys().min().copied();
+        let acknowledged = Seq(oldest_awaited
+            .unwrap_or(self.requests.next_seq)
+            .0
+            .saturating_sub(1));
+        if let Some(volume) = self.volume.as_mut() {
+            volume.journal.acknowledge_through(acknowledged);
+        }
+        let write = self.requests.writes.get_mut(&id).expect("held");
+        if !ok {
+            // The peer's storage failed: the write is only here.
+            let range = write.range;
+            let gate = self.mark_out_of_sync(range);
+            let write = self.requests.writes.get_mut(&id).expect("held");
+            write.completion_gate = write.completion_gate.max(gate);
+        }
+        Ok(())
+    }
+
+    /// The peer is gone: writes it did not acknowledge are only here. Their granules are marked
+    /// out of sync and they complete once that is recorded; replicated writes not yet started
+    /// here are dropped (the primary marks them on its side).
+    pub(super) fn writes_lose_peer(&mut self) {
+        let awaiting: Vec<WriteId> = self
+            .requests
+            .awaiting_acks
+            .drain()
+            .map(|(_, id)| id)
+            .collect();
+        self.requests.awaiting_bytes = 0;
+        for id in awaiting {
+            let range = self.requests.writes[&id].range;
+            let gate = self.mark_out_of_sync(range);
+            let write = self.requests.writes.get_mut(&id).expect("held");
+            write.awaiting_peer = false;
+            write.completion_gate = write.completion_gate.max(gate);
+        }
+        let dropped: Vec<WriteId> = self
+            .requests
+            .queued
+            .iter()
+            .copied()
+            .filter(|id| !matches!(self.requests.writes[id].origin, Origin::Client { .. }))
+            .collect();
+        for id in dropped {
+            self.requests.queued.retain(|queued| *queued != id);
+            let write = self.requests.writes.remove(&id).expect("held");
+            if let Origin::Peer { seq, .. } = write.origin {
+                self.requests.peer_incomplete.remove(&seq);
+            }
+        }
+        for flush in self.requests.flushes.values_mut() {
+            flush.awaiting_peer = false;
+        }
+        self.finish_flushes();
+    }
+
+    /// Completes every issued write whose conditions hold.
+    fn finish_done_writes(&mut self) -> bool {
+        let done: Vec<WriteId> = self
+            .requests
+            .issued
+            .iter()
+            .copied()
+            .filter(|id| {
+                let write = &self.requests.writes[id];
+                write.local.is_some()
+                    && !write.awaiting_peer
+                    && self.superblock_durable(write.completion_gate)
+            })
+            .collect();
+        for id in &done {
+            self.finish_write(*id);
+        }
+        !done.is_empty()
+    }
+
+    fn finish_write(&mut self, id: WriteId) {
         let write = self.requests.writes.remove(&id).expect("held");
         self.requests.issued.retain(|issued| *issued != id);
         if let Some(volume) = self.volume.as_mut() {
@@ -334,11 +643,20 @@ impl Replica {
                 volume.activity_log.release(extent);
             }
         }
-        if let Err(errno) = result {
-            self.fail_disk("writing data", errno);
+        let ok = write.local == Some(true);
+        match write.origin {
+            Origin::Client { parent } => {
+                if let Some(seq) = write.seq {
+                    self.requests.completed_seq = self.requests.completed_seq.max(seq);
+                }
+                self.chunk_done(parent, ok);
+            }
+            Origin::Peer { seq, .. } => {
+                self.requests.peer_incomplete.remove(&seq);
+                self.send(PeerMessage::WriteAck { seq, ok });
+            }
+            Origin::Resync => self.resync_write_done(write.range, ok),
         }
-        let ok = result.is_ok() && self.disk != DiskState::Failed;
-        self.chunk_done(write.parent, ok);
     }
 
     /// One write of a client request ended; the request completes with its last write.
@@ -373,19 +691,56 @@ impl Replica {
         }
     }
 
-    pub(super) fn flush_completion(&mut self, tag: RequestTag, result: Result<(), Errno>) {
-        if self.planted(PlantedBug::AcknowledgeFlushEarly) {
-            return; // Already completed when it arrived.
+    pub(super) fn flush_completion(&mut self, id: u64, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            self.fail_disk("flushing", errno);
         }
-        self.requests.flushes_in_flight -= 1;
-        match result {
-            Ok(()) if self.disk != DiskState::Failed => self.complete(tag, Ok(None)),
-            Ok(()) => self.complete(tag, Err(Errno::EIO)),
-            Err(errno) => {
-                self.fail_disk("flushing", errno);
-                self.complete(tag, Err(Errno::EIO));
+        let failed = self.disk == DiskState::Failed;
+        if let Some(flush) = self.requests.flushes.get_mut(&id) {
+            flush.local = Some(result.is_ok() && !failed);
+        }
+        self.finish_flushes();
+    }
+
+    /// The peer's flush for client flush `id` completed.
+    pub(super) fn peer_flush_acknowledged(&mut self, id: u64, ok: bool) {
+        if let Some(flush) = self.requests.flushes.get_mut(&id) {
+            flush.awaiting_peer = false;
+            if !ok {
+                tracing::debug!("the peer's flush {id} failed; its disk state will follow");
             }
         }
+        self.finish_flushes();
+    }
+
+    fn finish_flushes(&mut self) {
+        let done: Vec<u64> = self
+            .requests
+            .flushes
+            .iter()
+            .filter(|(_, flush)| flush.local.is_some() && !flush.awaiting_peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in done {
+            let flush = self.requests.flushes.remove(&id).expect("present");
+            let result = if flush.local == Some(true) {
+                Ok(None)
+            } else {
+                Err(Errno::EIO)
+            };
+            self.complete(flush.tag, result);
+        }
+    }
+
+    /// The secondary's flush for the primary completed.
+    pub(super) fn peer_flush_completion(&mut self, id: u64, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            self.fail_disk("flushing for the peer", errno);
+        }
+        self.send(PeerMessage::FlushAck {
+            id,
+            ok: result.is_ok(),
+        });
     }
 
     /// Completes every write not yet issued with `EIO` (the disk failed).
@@ -393,7 +748,14 @@ impl Replica {
         let queued: Vec<WriteId> = self.requests.queued.drain(..).collect();
         for id in queued {
             let write = self.requests.writes.remove(&id).expect("held");
-            self.chunk_done(write.parent, false);
+            match write.origin {
+                Origin::Client { parent } => self.chunk_done(parent, false),
+                Origin::Peer { seq, .. } => {
+                    self.requests.peer_incomplete.remove(&seq);
+                    self.send(PeerMessage::WriteAck { seq, ok: false });
+                }
+                Origin::Resync => self.resync_write_done(write.range, false),
+            }
         }
     }
 
@@ -435,6 +797,61 @@ impl Replica {
     }
 }
 
+/// The message that replicates a client write.
+fn peer_message(write: &PendingWrite, seq: Seq, after: Seq) -> PeerMessage {
+    let (offset, fua) = (write.range.offset, write.fua);
+    let length = u32::try_from(write.range.length).expect("validated");
+    match &write.kind {
+        WriteKind::Data(data) => PeerMessage::Write {
+            seq,
+            after,
+            offset,
+            fua,
+            data: data.clone(),
+        },
+        WriteKind::Trim => PeerMessage::Trim {
+            seq,
+            after,
+            offset,
+            length,
+            fua,
+        },
+        WriteKind::Zeroes => PeerMessage::WriteZeroes {
+            seq,
+            after,
+            offset,
+            length,
+            fua,
+        },
+    }
+}
+
+/// Records a client write in the journal when the journal is active.
+fn journal_append(volume: &mut super::Volume, write: &PendingWrite, seq: Seq) {
+    if !volume.journal.is_active() {
+        volume.journal.set_next_seq(seq.next());
+        return;
+    }
+    let (kind, payload) = match &write.kind {
+        WriteKind::Data(data) => (RecordKind::Write, Some(data.clone())),
+        WriteKind::Trim => (RecordKind::Trim, None),
+        WriteKind::Zeroes => (RecordKind::WriteZeroes, None),
+    };
+    let payload_bytes = payload.as_ref().map_or(0, |p| p.len() as u32);
+    let header = RecordHeader {
+        kind,
+        fua: write.fua,
+        seq,
+        offset: write.range.offset,
+        length: u32::try_from(write.range.length).expect("validated"),
+        payload_bytes,
+        payload_checksum: payload
+            .as_ref()
+            .map_or(checksum(&[]), |p| checksum(p.as_slice())),
+    };
+    volume.journal.append(header, payload);
+}
+
 /// Checks alignment, bounds and sizes of a client operation.
 fn validate(op: &ClientOp, data_bytes: u64, write_bytes_max: u64) -> Result<(), Errno> {
     let (offset, length, is_write) = match op {
@@ -448,7 +865,7 @@ fn validate(op: &ClientOp, data_bytes: u64, write_bytes_max: u64) -> Result<(), 
     if !offset.is_multiple_of(SECTOR_BYTES) || !length.is_multiple_of(SECTOR_BYTES) {
         return Err(Errno::EINVAL);
     }
-    let length_max = if matches!(op, ClientOp::Write { .. }) {
+    let length_max = if matches!(op, ClientOp::Write { .. } | ClientOp::Read { .. }) {
         write_bytes_max
     } else {
         u64::from(u32::MAX) / SECTOR_BYTES * SECTOR_BYTES

@@ -76,6 +76,10 @@ impl Node {
                 Output::Client(completion) => self.completions.push(completion),
                 Output::AdminDone { id, result } => self.admin.push((id, result)),
                 Output::Event(event) => self.events.push(event.to_string()),
+                Output::PeerSend(message) => panic!("a stand-alone replica sent {message}"),
+                Output::PeerClose { reason } => {
+                    panic!("a stand-alone replica closed a link: {reason}")
+                }
             }
         }
     }
@@ -245,21 +249,26 @@ mod io {
     }
 
     #[test]
-    fn the_first_write_starts_a_new_generation_before_it_is_issued() {
-        let mut node = primary();
-        let before = node.replica.generations().expect("attached");
-        node.write(0, 1, 512).expect("write");
-        let after = node.replica.generations().expect("attached");
+    fn promotion_without_the_peer_starts_a_new_generation_and_writes_keep_it() {
+        let mut node = Node::formatted(InitialData::InSync {
+            generation: Generation(77),
+        });
+        node.attach().expect("attach");
+        let shared = node.replica.generations().expect("attached");
+        node.admin(AdminCommand::Promote { force: false })
+            .expect("up to date");
+        let promoted = node.replica.generations().expect("attached");
         assert_eq!(
-            after.bitmap, before.current,
-            "the bitmap counts from the shared generation"
+            promoted.bitmap, shared.current,
+            "the bitmap counts from the generation shared with the peer"
         );
-        assert_ne!(after.current, before.current);
+        assert_ne!(promoted.current, shared.current);
+        node.write(0, 1, 512).expect("write");
         node.write(512, 2, 512).expect("write");
         assert_eq!(
             node.replica.generations().expect("attached"),
-            after,
-            "only the first"
+            promoted,
+            "writes stay in the promoted generation"
         );
     }
 

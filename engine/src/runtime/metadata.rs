@@ -184,6 +184,8 @@ pub struct MetadataReport {
     pub clean_shutdown: bool,
     /// Whether the node crashed while primary and has not resynced since.
     pub crashed_primary: bool,
+    /// Whether the node crashed while secondary and has not resynced since.
+    pub crashed_secondary: bool,
     /// Whether the journal holds every change since the last sync.
     pub journal_complete: bool,
     /// Extents listed in the activity log.
@@ -321,6 +323,7 @@ fn report(
         last_role: superblock.last_role.to_string(),
         clean_shutdown: superblock.clean_shutdown,
         crashed_primary: superblock.crashed_primary,
+        crashed_secondary: superblock.crashed_secondary,
         journal_complete: superblock.journal_complete,
         al_extents: al.slots.iter().flatten().count() as u64,
         al_torn_copies: al.torn_copies,
@@ -388,6 +391,7 @@ impl MetadataReport {
         line("last role", self.last_role.clone());
         line("clean shutdown", yes_no(self.clean_shutdown));
         line("crashed primary", yes_no(self.crashed_primary));
+        line("crashed secondary", yes_no(self.crashed_secondary));
         let al = format!(
             "{} extents listed, {} torn copies, damaged blocks {:?}",
             self.al_extents, self.al_torn_copies, self.al_damaged_blocks

@@ -9,10 +9,11 @@
 //! operating system for randomness.
 
 pub mod backing;
+pub mod link;
 pub mod metadata;
 mod volume;
 
-pub use volume::{Completion, LocalVolume, RuntimeOptions, VolumeHandle};
+pub use volume::{Completion, LocalVolume, PeerOutput, RuntimeOptions, VolumeHandle};
 
 /// 64 random bits from the operating system, to seed a [`crate::prng::Prng`] or make an id.
 pub fn os_random_u64() -> u64 {

@@ -31,6 +31,15 @@ use crate::types::{Errno, Instant, Now, RequestTag};
 /// What a client gets back: data for reads, nothing for the rest, or an errno.
 pub type Completion = Box<dyn FnOnce(std::result::Result<Option<IoBuf>, Errno>) + Send>;
 
+/// What the replica asks of the link to its peer, in order.
+#[derive(Debug)]
+pub enum PeerOutput {
+    /// Send this message.
+    Send(crate::protocol::messages::PeerMessage),
+    /// Close the link, for this reason.
+    Close(String),
+}
+
 type AdminReply = Sender<std::result::Result<(), Refusal>>;
 
 /// Runtime settings.
@@ -63,6 +72,9 @@ struct Shared {
     backing: Arc<Backing>,
     io: Mutex<Option<Sender<StorageRequest>>>,
     events: Sender<Event>,
+    /// Where messages to the peer go. They are queued under the replica's lock, so they leave in
+    /// the order the replica produced them.
+    peer: Mutex<Option<tokio::sync::mpsc::UnboundedSender<PeerOutput>>>,
     clock_origin: std::time::Instant,
     /// Wakes the timer thread when the deadline may have moved earlier.
     deadline_changed: Condvar,
@@ -154,6 +166,8 @@ impl Shared {
                         // Nobody is reading events; the log line above has it.
                     }
                 }
+                Output::PeerSend(message) => self.to_peer(PeerOutput::Send(message)),
+                Output::PeerClose { reason } => self.to_peer(PeerOutput::Close(reason)),
             }
         }
         let deadline_after = state.replica.next_deadline();
@@ -164,6 +178,17 @@ impl Shared {
             self.deadline_changed.notify_one();
         }
         deferred
+    }
+
+    fn to_peer(&self, output: PeerOutput) {
+        let peer = self
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sender) = peer.as_ref() {
+            // A closed receiver means the link task is gone; the replica hears of it separately.
+            let _ = sender.send(output);
+        }
     }
 
     fn to_pool(&self, request: StorageRequest) {
@@ -254,6 +279,27 @@ impl VolumeHandle {
     pub fn status(&self) -> ReplicaStatus {
         self.shared.lock().replica.status()
     }
+
+    /// Routes messages to the peer into a new channel and returns its receiving end; messages
+    /// produced while no channel is installed are dropped (there is no link then).
+    pub fn peer_channel(&self) -> tokio::sync::mpsc::UnboundedReceiver<PeerOutput> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        *self
+            .shared
+            .peer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(sender);
+        receiver
+    }
+
+    /// Tells the replica about the link: up, a message, down.
+    pub fn peer_input(&self, input: Input) {
+        debug_assert!(matches!(
+            input,
+            Input::PeerConnected | Input::PeerMessage(_) | Input::PeerDisconnected { .. }
+        ));
+        self.shared.step(input, Dispatch::Pool);
+    }
 }
 
 /// A volume open on this node over a local backing store.
@@ -294,6 +340,7 @@ impl LocalVolume {
             backing,
             io: Mutex::new(Some(io_sender)),
             events: event_sender,
+            peer: Mutex::new(None),
             clock_origin: std::time::Instant::now(),
             deadline_changed: Condvar::new(),
             stopping: AtomicBool::new(false),

@@ -106,6 +106,17 @@ impl SimDisk {
 
     /// Accepts an operation at time `now_nanos`.
     pub fn submit(&mut self, request: StorageRequest, now_nanos: u64) {
+        let end = match &request.op {
+            StorageOp::Read { offset, length }
+            | StorageOp::Discard { offset, length, .. }
+            | StorageOp::WriteZeroes { offset, length, .. } => offset + length,
+            StorageOp::Write { offset, data, .. } => offset + data.len() as u64,
+            StorageOp::Flush => 0,
+        };
+        assert!(
+            end <= self.len(),
+            "storage operation past the end of the disk: {request:?}"
+        );
         self.operations += 1;
         let span = self.faults.latency_max_nanos - self.faults.latency_min_nanos;
         let due_nanos = now_nanos + self.faults.latency_min_nanos + self.prng.below(span + 1);

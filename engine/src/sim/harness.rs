@@ -558,6 +558,9 @@ impl Harness {
                     self.admin_results.insert(id, result);
                 }
                 Output::Event(event) => self.note(event.to_string()),
+                Output::PeerSend(_) | Output::PeerClose { .. } => {
+                    return Err("a stand-alone replica talked to a peer".to_string());
+                }
             }
         }
         Ok(())

@@ -13,9 +13,17 @@
 //! - a journal that claims to be complete holds exactly the writes since the sync, with their
 //!   data, overlapping writes in submission order;
 //! - no request stalls with nothing scheduled (liveness).
+//!
+//! The two-node scenario ([`cluster`]) adds a network with delays, disconnects, partitions and
+//! slow links, a second replica, failovers and crashes of either or both nodes, and checkers for
+//! S1 (no completed write lost on a failover), S3 and S4 (connected up-to-date replicas are
+//! identical), and convergence after the faults heal.
 
+pub mod cluster;
 pub mod disk;
 pub mod harness;
 pub mod model;
+pub mod network;
 
+pub use cluster::{ClusterReport, run_cluster_seed};
 pub use harness::{SeedReport, SimOptions, run_seed};

@@ -121,6 +121,11 @@ impl Model {
     /// A write was submitted.
     pub fn submit_write(&mut self, id: u64, write: ModelWrite) {
         self.tick();
+        self.watch(
+            write.offset,
+            write.length,
+            &format!("submit write {id} {:?} fua {}", write.content, write.fua),
+        );
         self.writes.insert(id, write);
         self.submission_order.push(id);
         for sector in self.sector_range(write.offset, write.length) {
@@ -137,6 +142,11 @@ impl Model {
     pub fn complete_write(&mut self, id: u64, ok: bool) {
         let now = self.tick();
         let write = self.writes[&id];
+        self.watch(
+            write.offset,
+            write.length,
+            &format!("complete write {id} ok {ok}"),
+        );
         for sector in self.sector_range(write.offset, write.length) {
             let state = &mut self.sectors[sector];
             // A trim completes when all its chunks have, so a later write to a chunk that had
@@ -163,6 +173,9 @@ impl Model {
     pub fn complete_flush(&mut self, tag: u64) {
         let submitted = self.flushes.remove(&tag).expect("flush submitted");
         self.tick();
+        if let Some(sector) = watched_sector() {
+            eprintln!("[model] sector {sector}: flush {tag} completes (submitted at {submitted})");
+        }
         for state in &mut self.sectors {
             let last = state
                 .entries
@@ -232,8 +245,54 @@ impl Model {
         ))
     }
 
+    /// Checks a sector on a new primary after a failover (it did not crash): it holds the newest
+    /// completed content or a write that was still in flight (S1: no completed write is lost).
+    pub fn check_failover(&self, sector: usize, found: SectorContent) -> Result<(), String> {
+        let state = &self.sectors[sector];
+        let base = state
+            .entries
+            .iter()
+            .rev()
+            .find(|e| e.completed.is_some() && !e.failed)
+            .map_or(state.durable, |e| e.content);
+        let in_flight = |e: &&Entry| e.completed.is_none() || e.failed;
+        if found == base
+            || state
+                .entries
+                .iter()
+                .filter(in_flight)
+                .any(|e| e.content == found)
+        {
+            return Ok(());
+        }
+        Err(format!(
+            "after the failover sector {sector} holds {found:?}; the newest completed write was \
+             {base:?} (S1: a completed write was lost)"
+        ))
+    }
+
+    /// After a failover or read check: what was found is the newest content, not yet known
+    /// durable. Every write since the durable point stays a possible outcome of a later crash.
+    pub fn settle_volatile(&mut self, sector: usize, found: SectorContent) {
+        let now = self.tick();
+        if watched_sector() == Some(sector) {
+            eprintln!("[model] sector {sector}: settle (volatile) {found:?}");
+        }
+        let state = &mut self.sectors[sector];
+        state.entries.retain(|e| e.completed.is_some());
+        state.entries.push(Entry {
+            write: 0,
+            content: found,
+            completed: Some(now),
+            failed: false,
+        });
+    }
+
     /// After a crash has been checked: what was found is now the durable content.
     pub fn settle(&mut self, sector: usize, found: SectorContent) {
+        if watched_sector() == Some(sector) {
+            eprintln!("[model] sector {sector}: settle (durable) {found:?}");
+        }
         let state = &mut self.sectors[sector];
         state.durable = found;
         state.entries.clear();
@@ -261,9 +320,24 @@ impl Model {
         &self.submission_order
     }
 
+    fn watch(&self, offset: u64, length: u64, what: &str) {
+        if let Some(sector) = watched_sector()
+            && self.sector_range(offset, length).contains(&sector)
+        {
+            eprintln!("[model] sector {sector} at {}: {what}", self.clock);
+        }
+    }
+
     fn sector_range(&self, offset: u64, length: u64) -> std::ops::Range<usize> {
         (offset / SECTOR_BYTES) as usize..((offset + length) / SECTOR_BYTES) as usize
     }
+}
+
+/// A sector to trace on stderr while debugging a seed (`TANDEM_SIM_WATCH_SECTOR=N`).
+fn watched_sector() -> Option<usize> {
+    std::env::var("TANDEM_SIM_WATCH_SECTOR")
+        .ok()
+        .and_then(|v| v.parse().ok())
 }
 
 #[cfg(test)]

@@ -1,0 +1,700 @@
+//! Resync: bringing the peer's out-of-sync granules in line, as source or as target.
+//!
+//! For a bitmap resync both sides first send their dirty bitmaps and OR in the other's, so both
+//! know the union: every granule either side changed. For a full sync both mark everything.
+//! The target records `inconsistent` (durably) before it takes any resync data.
+//!
+//! The source walks its bitmap in order, reads runs of set granules (up to `resync_chunk_bytes`)
+//! and sends them. A resync read and a client write to the same range never overlap: the read
+//! waits for writes in flight there, and writes there wait while the read is in flight; since
+//! the resync data is queued to the peer before any later write, the target applies them in the
+//! same order and never lets stale resync data overwrite a newer write. The source clears a
+//! granule when the target acknowledges writing it. Bytes in flight are bounded by a window
+//! that drops to one chunk while clients write (their latency comes first), and optionally by a
+//! rate cap.
+//!
+//! When the source's bitmap is empty it sends its generations; the target adopts them, becomes
+//! `up_to_date` (durably) and answers; then the source ends its bitmap generation.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use roaring::RoaringTreemap;
+use serde::Serialize;
+
+use super::{OpPurpose, Replica, StorageOp};
+use crate::buffer::IoBuf;
+use crate::generation::{GenerationSet, SyncDecision};
+use crate::protocol::messages::{BITMAP_CHUNK_BYTES_MAX, PeerMessage};
+use crate::state::{DiskState, ReplState};
+use crate::types::{ByteRange, Errno, Instant};
+
+/// Granules per bitmap message.
+const BITMAP_GRANULES_PER_MESSAGE: u64 = 1 << 20;
+/// Throughput samples kept for the rate estimate.
+const RATE_WINDOW_SECONDS: u64 = 5;
+
+/// Resync progress for status.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyncProgress {
+    /// "source" or "target".
+    pub direction: &'static str,
+    /// Percent of the granules out of sync at the start that are in sync now.
+    pub percent: f64,
+    /// Recent throughput.
+    pub bytes_per_second: u64,
+    /// Estimated seconds to go, when the rate is known.
+    pub eta_seconds: Option<u64>,
+    /// Bytes still out of sync.
+    pub remaining_bytes: u64,
+    /// A full sync (every granule).
+    pub full: bool,
+}
+
+/// A resync in progress.
+#[derive(Debug)]
+pub(super) enum Resync {
+    Source(Source),
+    Target(Target),
+}
+
+impl Resync {
+    /// The replication state it stands for.
+    pub(super) fn repl_state(&self) -> ReplState {
+        match self {
+            Self::Source(_) => ReplState::SyncSource,
+            Self::Target(_) => ReplState::SyncTarget,
+        }
+    }
+
+    fn progress(&self) -> &Progress {
+        match self {
+            Self::Source(source) => &source.progress,
+            Self::Target(target) => &target.progress,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(super) struct Source {
+    full: bool,
+    waiting_for_bitmap: bool,
+    cursor: u64,
+    /// Reads in flight: offset → length. Client writes there wait.
+    reading: BTreeMap<u64, u64>,
+    /// Sent, not yet acknowledged: offset → length.
+    sent: BTreeMap<u64, u64>,
+    in_flight_bytes: u64,
+    done_sent: bool,
+    progress: Progress,
+    tokens_bytes: u64,
+    tokens_refilled: Instant,
+}
+
+#[derive(Debug)]
+pub(super) struct Target {
+    full: bool,
+    waiting_for_bitmap: bool,
+    /// The source's generations, once it said it is done.
+    done: Option<GenerationSet>,
+    /// How far finishing has come.
+    finishing: Finishing,
+    progress: Progress,
+}
+
+/// The target's last steps: resync data durable (a storage flush), then the superblock that
+/// says `up_to_date`, then the answer to the source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Finishing {
+    NotYet,
+    Flushing,
+    Flushed,
+    WritingSuperblock(u64),
+}
+
+#[derive(Debug)]
+struct Progress {
+    initial_granules: u64,
+    /// (when, bytes) of recent acknowledged chunks.
+    samples: VecDeque<(Instant, u64)>,
+}
+
+impl Progress {
+    fn new(initial_granules: u64) -> Self {
+        Self {
+            initial_granules,
+            samples: VecDeque::new(),
+        }
+    }
+
+    fn add(&mut self, now: Instant, bytes: u64) {
+        self.samples.push_back((now, bytes));
+        let horizon = std::time::Duration::from_secs(RATE_WINDOW_SECONDS);
+        while self
+            .samples
+            .front()
+            .is_some_and(|(at, _)| now.since(*at) > horizon)
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn bytes_per_second(&self, now: Instant) -> u64 {
+        let Some((first, _)) = self.samples.front() else {
+            return 0;
+        };
+        let elapsed = now.since(*first).as_secs_f64().max(0.001);
+        let bytes: u64 = self.samples.iter().map(|(_, b)| b).sum();
+        (bytes as f64 / elapsed) as u64
+    }
+}
+
+impl Replica {
+    /// Starts a resync after a decision.
+    pub(super) fn start_resync(&mut self, decision: SyncDecision) {
+        self.drop_journal();
+        let full = decision.is_full_sync();
+        if decision.is_source() {
+            self.begin_source(full);
+        } else {
+            self.begin_target(full);
+        }
+    }
+
+    fn begin_source(&mut self, full: bool) {
+        let volume = self.volume.as_mut().expect("attached");
+        if full {
+            volume.bitmap.set_all();
+        }
+        let initial = volume.bitmap.weight();
+        self.peer.resync = Some(Resync::Source(Source {
+            full,
+            waiting_for_bitmap: !full,
+            cursor: 0,
+            reading: BTreeMap::new(),
+            sent: BTreeMap::new(),
+            in_flight_bytes: 0,
+            done_sent: false,
+            progress: Progress::new(initial),
+            tokens_bytes: 0,
+            tokens_refilled: self.now.monotonic,
+        }));
+        if !full {
+            self.send_bitmap();
+        }
+        let how = if full { "full sync" } else { "bitmap resync" };
+        self.set_repl(
+            ReplState::SyncSource,
+            format!("{how}: {initial} granules to send"),
+        );
+    }
+
+    fn begin_target(&mut self, full: bool) {
+        let volume = self.volume.as_mut().expect("attached");
+        if full {
+            volume.bitmap.set_all();
+        }
+        let initial = volume.bitmap.weight();
+        let version =
+            self.update_superblock(|superblock| superblock.disk_state = DiskState::Inconsistent);
+        self.requests.raise_superblock_gate(version);
+        self.set_disk_state(DiskState::Inconsistent, "resync target");
+        self.peer.resync = Some(Resync::Target(Target {
+            full,
+            waiting_for_bitmap: !full,
+            done: None,
+            finishing: Finishing::NotYet,
+            progress: Progress::new(initial),
+        }));
+        if !full {
+            self.send_bitmap();
+        }
+        let how = if full { "full sync" } else { "bitmap resync" };
+        self.set_repl(
+            ReplState::SyncTarget,
+            format!("{how}: {initial} granules to receive"),
+        );
+        self.announce_state();
+    }
+
+    /// Sends the set granules of the bitmap, in chunks.
+    fn send_bitmap(&mut self) {
+        let bitmap = &self.volume.as_ref().expect("attached").bitmap;
+        let mut messages = Vec::new();
+        let mut chunk = RoaringTreemap::new();
+        for granule in bitmap.iter_set() {
+            chunk.insert(granule);
+            if chunk.len() >= BITMAP_GRANULES_PER_MESSAGE {
+                messages.push(std::mem::take(&mut chunk));
+            }
+        }
+        messages.push(chunk);
+        let count = messages.len();
+        for (index, granules) in messages.into_iter().enumerate() {
+            let mut bytes = Vec::with_capacity(granules.serialized_size());
+            granules
+                .serialize_into(&mut bytes)
+                .expect("writing to a Vec cannot fail");
+            self.send(PeerMessage::Bitmap {
+                granules: bytes,
+                last: index + 1 == count,
+            });
+        }
+    }
+
+    pub(super) fn resync_bitmap_received(
+        &mut self,
+        bytes: &[u8],
+        last: bool,
+    ) -> Result<(), String> {
+        let waiting = match &mut self.peer.resync {
+            Some(Resync::Source(source)) => &mut source.waiting_for_bitmap,
+            Some(Resync::Target(target)) => &mut target.waiting_for_bitmap,
+            None => return Err("a bitmap outside a resync".to_string()),
+        };
+        if !*waiting {
+            return Err("a bitmap after the last chunk".to_string());
+        }
+        if bytes.len() > BITMAP_CHUNK_BYTES_MAX {
+            return Err("bitmap chunk too large".to_string());
+        }
+        let granules =
+            RoaringTreemap::deserialize_from(bytes).map_err(|e| format!("bitmap: {e}"))?;
+        let volume = self.volume.as_mut().expect("attached");
+        let count = volume.bitmap.granule_count();
+        if granules.max().is_some_and(|max| max >= count) {
+            return Err("bitmap names granules past the end of the volume".to_string());
+        }
+        for granule in &granules {
+            volume.bitmap.set(granule..granule + 1);
+        }
+        if last {
+            *waiting = false;
+            let weight = volume.bitmap.weight();
+            match &mut self.peer.resync {
+                Some(Resync::Source(source)) => source.progress.initial_granules = weight,
+                Some(Resync::Target(target)) => target.progress.initial_granules = weight,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The peer asks this node to become the target of a resync.
+    pub(super) fn resync_requested(&mut self, full: bool) -> Result<(), String> {
+        if self.peer.resync.is_some() || self.peer.repl != ReplState::Established {
+            return Err("a resync request while not established".to_string());
+        }
+        if self.role == crate::state::Role::Primary {
+            self.close_link("the peer asked to resync over this primary's data");
+            return Ok(());
+        }
+        self.drop_journal();
+        self.begin_target(full);
+        Ok(())
+    }
+
+    /// `tandem volume resync`: this node becomes the source.
+    pub(super) fn admin_resync(&mut self, full: bool) -> Result<(), super::Refusal> {
+        use super::Refusal;
+        if self.peer.conn != crate::state::ConnState::Connected {
+            return Err(Refusal::NotConnected(self.peer.conn));
+        }
+        if self.peer.repl != ReplState::Established {
+            return Err(Refusal::ResyncRunning(self.peer.repl));
+        }
+        if self.disk != DiskState::UpToDate {
+            return Err(Refusal::NoUpToDateDisk(self.disk));
+        }
+        if self
+            .peer
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.role == crate::state::Role::Primary)
+        {
+            return Err(Refusal::PeerIsPrimary);
+        }
+        let weight = self.volume.as_ref().expect("attached").bitmap.weight();
+        if !full && weight == 0 {
+            return Err(Refusal::Nothing(
+                "nothing is marked out of sync; use --full to resync everything",
+            ));
+        }
+        self.send(PeerMessage::StartResync { full });
+        self.drop_journal();
+        self.begin_source(full);
+        Ok(())
+    }
+
+    /// Issues resync reads, finishes a resync. Returns whether anything changed.
+    pub(super) fn advance_resync(&mut self) -> bool {
+        match &self.peer.resync {
+            Some(Resync::Source(_)) => self.advance_source(),
+            Some(Resync::Target(_)) => self.advance_target(),
+            None => false,
+        }
+    }
+
+    fn advance_source(&mut self) -> bool {
+        if self.disk == DiskState::Failed || self.volume.is_none() {
+            return false;
+        }
+        let client_busy = self.requests.client_writes() > 0;
+        let chunk_bytes = self.config.resync_chunk_bytes;
+        let window = if client_busy {
+            chunk_bytes
+        } else {
+            self.config.resync_window_bytes
+        };
+        let rate = self.config.resync_rate_bytes_per_second_max;
+        let now = self.now.monotonic;
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return false;
+        };
+        if source.waiting_for_bitmap || source.done_sent {
+            return false;
+        }
+        if let Some(rate) = rate {
+            let elapsed = now.since(source.tokens_refilled).as_secs_f64();
+            let refill = (rate as f64 * elapsed) as u64;
+            if refill > 0 {
+                source.tokens_bytes = (source.tokens_bytes + refill).min(rate.max(chunk_bytes));
+                source.tokens_refilled = now;
+            }
+        }
+        let mut progress = false;
+        let mut wrapped = false;
+        for _ in 0..4096 {
+            let Some(Resync::Source(source)) = &self.peer.resync else {
+                break;
+            };
+            let budget_ok = rate.is_none() || source.tokens_bytes >= chunk_bytes;
+            if source.in_flight_bytes >= window || !budget_ok {
+                break;
+            }
+            match self.next_resync_run(wrapped) {
+                RunSearch::Found(range) => {
+                    self.issue_resync_read(range, rate.is_some());
+                    progress = true;
+                }
+                RunSearch::Skip => {}
+                RunSearch::Wrap => wrapped = true,
+                RunSearch::Exhausted => break,
+            }
+        }
+        let volume = self.volume.as_ref().expect("attached");
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return progress;
+        };
+        if volume.bitmap.weight() == 0 && source.reading.is_empty() && source.sent.is_empty() {
+            source.done_sent = true;
+            let generations = volume.superblock.generations;
+            self.send(PeerMessage::ResyncDone { generations });
+            return true;
+        }
+        progress
+    }
+
+    /// The next run of set granules to read, from the cursor.
+    fn next_resync_run(&mut self, wrapped: bool) -> RunSearch {
+        let volume = self.volume.as_ref().expect("attached");
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return RunSearch::Exhausted;
+        };
+        let Some(start) = volume.bitmap.next_set(source.cursor) else {
+            if wrapped || source.cursor == 0 {
+                return RunSearch::Exhausted;
+            }
+            source.cursor = 0;
+            return RunSearch::Wrap;
+        };
+        let granule_bytes = volume.bitmap.granule_bytes();
+        let in_flight = |offset: u64| {
+            let overlaps = |map: &BTreeMap<u64, u64>| {
+                map.range(..=offset)
+                    .next_back()
+                    .is_some_and(|(at, length)| offset < at + length)
+            };
+            overlaps(&source.reading) || overlaps(&source.sent)
+        };
+        if in_flight(start * granule_bytes) {
+            source.cursor = start + 1;
+            return RunSearch::Skip;
+        }
+        let granules_max = (self.config.resync_chunk_bytes / granule_bytes).max(1);
+        let mut end = start + 1;
+        while end - start < granules_max
+            && end < volume.bitmap.granule_count()
+            && volume.bitmap.is_set(end)
+            && !in_flight(end * granule_bytes)
+        {
+            end += 1;
+        }
+        source.cursor = end;
+        let offset = start * granule_bytes;
+        let range = ByteRange::new(
+            offset,
+            (end * granule_bytes).min(volume.layout.data_bytes) - offset,
+        );
+        if self.requests.issued_overlaps(range) {
+            return RunSearch::Skip; // A client write is in flight there: come back later.
+        }
+        RunSearch::Found(range)
+    }
+
+    fn issue_resync_read(&mut self, range: ByteRange, metered: bool) {
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return;
+        };
+        source.reading.insert(range.offset, range.length);
+        source.in_flight_bytes += range.length;
+        if metered {
+            source.tokens_bytes = source.tokens_bytes.saturating_sub(range.length);
+        }
+        let op = StorageOp::Read {
+            offset: range.offset,
+            length: range.length,
+        };
+        self.submit(
+            op,
+            OpPurpose::ResyncRead {
+                offset: range.offset,
+            },
+        );
+    }
+
+    /// Whether a resync read in flight overlaps `range` (client writes there wait).
+    pub(super) fn resync_reading_overlaps(&self, range: ByteRange) -> bool {
+        let Some(Resync::Source(source)) = &self.peer.resync else {
+            return false;
+        };
+        source
+            .reading
+            .range(..range.end())
+            .next_back()
+            .is_some_and(|(offset, length)| ByteRange::new(*offset, *length).overlaps(range))
+    }
+
+    pub(super) fn resync_read_completion(
+        &mut self,
+        offset: u64,
+        result: Result<Option<IoBuf>, Errno>,
+    ) {
+        let data = match result {
+            Ok(Some(data)) => data,
+            Ok(None) => unreachable!("reads return data"),
+            Err(errno) => return self.fail_disk("reading for the resync", errno),
+        };
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return;
+        };
+        let Some(length) = source.reading.remove(&offset) else {
+            return;
+        };
+        source.sent.insert(offset, length);
+        self.send(PeerMessage::ResyncData { offset, data });
+    }
+
+    pub(super) fn resync_acknowledged(
+        &mut self,
+        offset: u64,
+        length: u32,
+        ok: bool,
+    ) -> Result<(), String> {
+        let now = self.now.monotonic;
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return Err("a resync ack outside a resync".to_string());
+        };
+        if source.sent.remove(&offset) != Some(u64::from(length)) {
+            return Err(format!("an ack for resync data never sent at {offset}"));
+        }
+        source.in_flight_bytes -= u64::from(length);
+        if !ok {
+            self.close_link("the peer failed to write resync data");
+            return Ok(());
+        }
+        source.progress.add(now, u64::from(length));
+        let volume = self.volume.as_mut().expect("attached");
+        let granules = volume.whole_granules(ByteRange::new(offset, u64::from(length)));
+        volume.bitmap.clear(granules);
+        Ok(())
+    }
+
+    pub(super) fn resync_data_received(&mut self, offset: u64, data: IoBuf) -> Result<(), String> {
+        let Some(Resync::Target(target)) = &self.peer.resync else {
+            return Err("resync data outside a resync".to_string());
+        };
+        if target.done.is_some() {
+            return Err("resync data after the source said it was done".to_string());
+        }
+        let granule = self
+            .volume
+            .as_ref()
+            .expect("attached")
+            .bitmap
+            .granule_bytes();
+        if !offset.is_multiple_of(granule) {
+            return Err(format!(
+                "resync data at {offset}, not on a granule boundary"
+            ));
+        }
+        self.queue_resync_write(offset, data)
+    }
+
+    /// A resync write on the target completed.
+    pub(super) fn resync_write_done(&mut self, range: ByteRange, ok: bool) {
+        let now = self.now.monotonic;
+        if ok && let Some(volume) = self.volume.as_mut() {
+            let granules = volume.whole_granules(range);
+            volume.bitmap.clear(granules);
+        }
+        if let Some(Resync::Target(target)) = &mut self.peer.resync {
+            target.progress.add(now, range.length);
+        }
+        let length = u32::try_from(range.length).expect("bounded by the chunk size");
+        self.send(PeerMessage::ResyncAck {
+            offset: range.offset,
+            length,
+            ok,
+        });
+    }
+
+    pub(super) fn resync_done_received(
+        &mut self,
+        generations: GenerationSet,
+    ) -> Result<(), String> {
+        let Some(Resync::Target(target)) = &mut self.peer.resync else {
+            return Err("resync done outside a resync".to_string());
+        };
+        target.done = Some(generations);
+        Ok(())
+    }
+
+    fn advance_target(&mut self) -> bool {
+        let Some(Resync::Target(target)) = &self.peer.resync else {
+            return false;
+        };
+        let Some(generations) = target.done else {
+            return false;
+        };
+        match target.finishing {
+            Finishing::NotYet => {
+                if self.requests.resync_writes_pending() {
+                    return false;
+                }
+                let weight = self.volume.as_ref().expect("attached").bitmap.weight();
+                if weight > 0 {
+                    let reason = format!(
+                        "the source finished with {weight} granules still out of sync here"
+                    );
+                    self.close_link(&reason);
+                    return true;
+                }
+                // The resync data must be durable before this node claims to be up to date.
+                self.set_finishing(Finishing::Flushing);
+                self.submit(StorageOp::Flush, OpPurpose::ResyncFlush);
+                true
+            }
+            Finishing::Flushing => false,
+            Finishing::Flushed => {
+                let version = self.update_superblock(|superblock| {
+                    superblock.generations.finish_as_sync_target(&generations);
+                    superblock.disk_state = DiskState::UpToDate;
+                    superblock.crashed_primary = false;
+                    superblock.crashed_secondary = false;
+                });
+                self.flush_changed_bitmap_pages();
+                self.set_finishing(Finishing::WritingSuperblock(version));
+                true
+            }
+            Finishing::WritingSuperblock(version) => {
+                if !self.bitmap_all_durable() {
+                    self.flush_changed_bitmap_pages();
+                    return false;
+                }
+                if !self.superblock_durable(version) {
+                    return false;
+                }
+                self.peer.resync = None;
+                self.set_disk_state(DiskState::UpToDate, "resync finished");
+                self.send(PeerMessage::ResyncDoneAck);
+                self.set_repl(ReplState::Established, "resync finished");
+                self.announce_state();
+                true
+            }
+        }
+    }
+
+    fn set_finishing(&mut self, finishing: Finishing) {
+        if let Some(Resync::Target(target)) = &mut self.peer.resync {
+            target.finishing = finishing;
+        }
+    }
+
+    /// The target's flush before it claims to be up to date completed.
+    pub(super) fn resync_flush_completion(&mut self, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            return self.fail_disk("flushing resync data", errno);
+        }
+        if let Some(Resync::Target(target)) = &mut self.peer.resync
+            && target.finishing == Finishing::Flushing
+        {
+            target.finishing = Finishing::Flushed;
+        }
+    }
+
+    pub(super) fn resync_done_acknowledged(&mut self) -> Result<(), String> {
+        match &self.peer.resync {
+            Some(Resync::Source(source)) if source.done_sent => {}
+            _ => return Err("an unexpected resync-done ack".to_string()),
+        }
+        self.peer.resync = None;
+        self.update_superblock(|superblock| {
+            superblock.generations.finish_as_sync_source();
+            superblock.crashed_primary = false;
+            superblock.crashed_secondary = false;
+        });
+        self.flush_changed_bitmap_pages();
+        self.set_repl(ReplState::Established, "resync finished");
+        self.confirm_up_to_date("resync finished as source");
+        Ok(())
+    }
+
+    /// The peer is gone: the resync stops; the bits still set say what is left.
+    pub(super) fn resync_lose_peer(&mut self) {
+        self.peer.resync = None;
+    }
+
+    /// Progress for status.
+    pub(super) fn sync_progress(&self) -> Option<SyncProgress> {
+        let resync = self.peer.resync.as_ref()?;
+        let volume = self.volume.as_ref()?;
+        let progress = resync.progress();
+        let remaining = volume.bitmap.weight();
+        let initial = progress.initial_granules.max(remaining).max(1);
+        let granule = volume.bitmap.granule_bytes();
+        let remaining_bytes = (remaining * granule).min(volume.layout.data_bytes);
+        let rate = progress.bytes_per_second(self.now.monotonic);
+        let full = match resync {
+            Resync::Source(source) => source.full,
+            Resync::Target(target) => target.full,
+        };
+        Some(SyncProgress {
+            direction: match resync {
+                Resync::Source(_) => "source",
+                Resync::Target(_) => "target",
+            },
+            percent: 100.0 * (initial - remaining) as f64 / initial as f64,
+            bytes_per_second: rate,
+            eta_seconds: (rate > 0).then(|| remaining_bytes / rate),
+            remaining_bytes,
+            full,
+        })
+    }
+}
+
+enum RunSearch {
+    Found(ByteRange),
+    Skip,
+    Wrap,
+    Exhausted,
+}
