@@ -156,6 +156,9 @@ pub struct VolumeSection {
     /// Size of one activity-log extent.
     #[serde(default = "default_al_extent_size")]
     pub activity_log_extent_size: ByteSize,
+    /// A cap on the resync rate, in bytes per second (unset: the resync adapts by itself,
+    /// giving way to client writes).
+    pub resync_rate: Option<ByteSize>,
     /// Backing store per node: a block device or a file.
     pub backing: BTreeMap<String, PathBuf>,
 }

@@ -2,6 +2,7 @@
 //!
 //! Exit status: 0 success, 1 refused or failed (one line on stderr says why), 2 usage error.
 
+mod client;
 mod metadata;
 
 use std::path::PathBuf;
@@ -26,6 +27,24 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run this node's daemon: its volumes, their links and frontends, the admin socket.
+    Daemon,
+    /// Print a new cluster key (base64, 32 bytes) for the key file.
+    Keygen,
+    /// Show nodes, volumes and groups as this node's daemon sees them.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Volume commands.
+    Volume {
+        #[command(subcommand)]
+        command: VolumeCommand,
+    },
     /// Write fresh metadata on this node's backing store for VOLUME.
     CreateMd {
         /// The volume.
@@ -50,6 +69,56 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum VolumeCommand {
+    /// Make this node primary for VOLUME (it then serves the volume).
+    Primary {
+        /// The volume.
+        volume: String,
+        /// Accept this node's data even if it is not up to date (the peer then syncs from it).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Make this node secondary for VOLUME.
+    Secondary {
+        /// The volume.
+        volume: String,
+    },
+    /// Connect VOLUME to the peer (and keep reconnecting).
+    Connect {
+        /// The volume.
+        volume: String,
+    },
+    /// Disconnect VOLUME from the peer and stay stand-alone.
+    Disconnect {
+        /// The volume.
+        volume: String,
+    },
+    /// Resync VOLUME to the peer from this node: the blocks marked out of sync, or all.
+    Resync {
+        /// The volume.
+        volume: String,
+        /// Every block.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Throw away this node's data of VOLUME; it becomes the target of a full sync.
+    Invalidate {
+        /// The volume.
+        volume: String,
+    },
+    /// Wait until VOLUME is connected, synced, or primary here.
+    Wait {
+        /// The volume.
+        volume: String,
+        /// What to wait for.
+        condition: client::Condition,
+        /// Give up after this many seconds (exit status 1).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Check the configuration file and report the first problem.
     Check,
@@ -58,6 +127,10 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    if matches!(cli.command, Command::Keygen) {
+        println!("{}", manager::key::generate());
+        return ExitCode::SUCCESS;
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -78,6 +151,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let node = this_node(&config, cli.node.as_deref())?;
             metadata::dump(&config, &node, &volume, json)
         }
+        Command::Daemon => {
+            let node = this_node(&config, cli.node.as_deref())?;
+            // A broken invariant stops the node instead of letting it run on half-changed.
+            let default_hook = std::panic::take_hook();
+            std::panic::set_hook(Box::new(move |info| {
+                default_hook(info);
+                std::process::abort();
+            }));
+            manager::runtime::run(config, &node).map_err(anyhow::Error::msg)
+        }
+        Command::Keygen => unreachable!("handled before the configuration is read"),
+        Command::Status { json, watch } => {
+            let node = this_node(&config, cli.node.as_deref())?;
+            client::print_status(&config, &node, json, watch)
+        }
+        Command::Volume { command } => {
+            let node = this_node(&config, cli.node.as_deref())?;
+            volume_command(&config, &node, command)
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -90,6 +182,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn volume_command(config: &Config, node: &str, command: VolumeCommand) -> anyhow::Result<()> {
+    use manager::admin::Request;
+    let request = match command {
+        VolumeCommand::Wait {
+            volume,
+            condition,
+            timeout,
+        } => {
+            return client::wait(config, node, &volume, condition, timeout);
+        }
+        VolumeCommand::Primary { volume, force } => Request::Primary { volume, force },
+        VolumeCommand::Secondary { volume } => Request::Secondary { volume },
+        VolumeCommand::Connect { volume } => Request::Connect { volume },
+        VolumeCommand::Disconnect { volume } => Request::Disconnect { volume },
+        VolumeCommand::Resync { volume, full } => Request::Resync { volume, full },
+        VolumeCommand::Invalidate { volume } => Request::Invalidate { volume },
+    };
+    client::send(config, node, &request)?;
+    Ok(())
 }
 
 /// The node this command acts for: `--node`, else the host name.
@@ -109,8 +222,10 @@ fn this_node(config: &Config, node: Option<&str>) -> anyhow::Result<String> {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

@@ -1,0 +1,144 @@
+//! The daemon (`tandem daemon`): every volume of this node with its link and frontend, and the
+//! admin socket. It runs until SIGTERM or SIGINT, then closes every volume cleanly.
+//!
+//! A volume that cannot be opened (no metadata, a missing backing store) is reported down in
+//! status with the reason; the others run on (S8).
+
+pub mod admin;
+pub mod link;
+pub mod volume;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::RwLock;
+
+use crate::admin::{Request, Response};
+use crate::config::Config;
+use crate::status::{NodeReport, NodeView};
+use volume::VolumeService;
+
+/// The running daemon's state, shared with the admin socket.
+#[derive(Debug)]
+pub struct Daemon {
+    node: String,
+    config: Config,
+    volumes: RwLock<Vec<VolumeService>>,
+}
+
+impl Daemon {
+    /// Carries out an admin request.
+    pub async fn execute(&self, request: Request) -> Response {
+        let Some((name, command)) = admin::engine_command(&request) else {
+            return Response {
+                ok: true,
+                error: None,
+                status: Some(self.report().await),
+            };
+        };
+        let volumes = self.volumes.read().await;
+        let Some(volume) = volumes.iter().find(|v| v.section.name == name) else {
+            let known: Vec<&str> = volumes.iter().map(|v| v.section.name.as_str()).collect();
+            return Response::refused(format!(
+                "no volume {name:?} (volumes: {})",
+                known.join(", ")
+            ));
+        };
+        tracing::info!(volume = %name, "admin: {command:?}");
+        match volume.admin(command).await {
+            Ok(()) => Response::done(),
+            Err(error) => Response::refused(format!("{name}: {error}")),
+        }
+    }
+
+    async fn report(&self) -> NodeReport {
+        let volumes = self.volumes.read().await;
+        let reports: Vec<_> = volumes.iter().map(VolumeService::report).collect();
+        let peer_connected = reports.iter().any(|v| v.connection == "connected");
+        let nodes = self
+            .config
+            .nodes
+            .iter()
+            .map(|node| NodeView {
+                name: node.name.clone(),
+                reachable: node.name == self.node || peer_connected,
+                links: Vec::new(),
+            })
+            .collect();
+        NodeReport {
+            node: self.node.clone(),
+            nodes,
+            volumes: reports,
+            groups: Vec::new(),
+        }
+    }
+}
+
+/// Runs the daemon for node `node` until a signal asks it to stop.
+pub fn run(config: Config, node: &str) -> Result<(), String> {
+    let node_section = config.node(node)?.clone();
+    let key = crate::key::read(&config.cluster.key_file)?;
+    if crate::key::readable_by_others(&config.cluster.key_file) {
+        tracing::warn!(
+            "the cluster key {} is readable by others; chmod 600 it",
+            config.cluster.key_file.display()
+        );
+    }
+    std::fs::create_dir_all(&node_section.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", node_section.state_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("tandem-async")
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async move {
+        let socket = admin::socket_path(&node_section);
+        let listener = admin::bind(&socket)?;
+        let mut volumes = Vec::new();
+        for section in &config.volumes {
+            volumes.push(VolumeService::start(&config, node, section, key).await);
+        }
+        let daemon = Arc::new(Daemon {
+            node: node.to_string(),
+            config: config.clone(),
+            volumes: RwLock::new(volumes),
+        });
+        let admin_task = tokio::spawn(admin::serve(listener, Arc::clone(&daemon)));
+        let housekeeping = tokio::spawn(housekeeping(Arc::clone(&daemon)));
+        tracing::info!(node, socket = %socket.display(), "tandem daemon running");
+        wait_for_signal().await;
+        tracing::info!(node, "stopping");
+        admin_task.abort();
+        housekeeping.abort();
+        let volumes = std::mem::take(&mut *daemon.volumes.write().await);
+        for volume in volumes {
+            volume.stop().await;
+        }
+        let _ = std::fs::remove_file(&socket);
+        Ok(())
+    })
+}
+
+async fn housekeeping(daemon: Arc<Daemon>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for volume in daemon.volumes.read().await.iter() {
+            volume.reconcile();
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+}

@@ -1,0 +1,367 @@
+//! One volume on this node: the engine's volume, its link to the peer, its frontend.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use engine::replica::{AdminCommand, ReplicaConfig, ReplicaStatus};
+use engine::runtime::link::{Hello, LinkConfig};
+use engine::runtime::{LocalVolume, RuntimeOptions, VolumeHandle};
+use engine::state::{DiskState, Role};
+use engine::types::NodeId;
+use ublk_target::nbd::{self, BlockBackend, ExportRegistry, ExportState, NbdLimits};
+
+use super::link::{self, LinkEnd, LinkTotals};
+use crate::config::{Compression, Config, Frontend, VolumeSection};
+use crate::status::{SyncReport, VolumeReport};
+
+/// The engine's largest client request, and the NBD server's.
+const REQUEST_BYTES_MAX: u64 = 32 << 20;
+
+/// A running volume.
+#[derive(Debug)]
+pub struct VolumeService {
+    /// The volume's configuration.
+    pub section: VolumeSection,
+    local: Option<LocalVolume>,
+    handle: Option<VolumeHandle>,
+    open_error: Option<String>,
+    exports: Arc<ExportRegistry>,
+    nbd_device: Option<String>,
+    frontend_error: std::sync::Mutex<Option<String>>,
+    link_totals: Arc<LinkTotals>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    node_name: String,
+}
+
+/// Adapts a volume handle to the NBD server.
+struct VolumeBackend {
+    handle: VolumeHandle,
+    size_bytes: u64,
+}
+
+impl BlockBackend for VolumeBackend {
+    fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    fn submit(&self, op: engine::replica::ClientOp, completion: engine::runtime::Completion) {
+        self.handle.submit(op, completion);
+    }
+}
+
+impl VolumeService {
+    /// Opens the volume on this node's backing store (a failure leaves it down, with the
+    /// reason in status), then starts its link and frontend tasks. Must run inside the tokio
+    /// runtime.
+    pub async fn start(
+        config: &Config,
+        node_name: &str,
+        section: &VolumeSection,
+        key: [u8; 32],
+    ) -> Self {
+        let mut service = Self {
+            section: section.clone(),
+            local: None,
+            handle: None,
+            open_error: None,
+            exports: Arc::new(ExportRegistry::new()),
+            nbd_device: None,
+            frontend_error: std::sync::Mutex::new(None),
+            link_totals: Arc::new(LinkTotals::default()),
+            tasks: Vec::new(),
+            node_name: node_name.to_string(),
+        };
+        let node_index = config
+            .nodes
+            .iter()
+            .position(|n| n.name == node_name)
+            .expect("validated");
+        let replica_config = replica_config(section, node_index);
+        let path = section
+            .backing_for(node_name)
+            .expect("validated")
+            .to_path_buf();
+        let opened = tokio::task::spawn_blocking(move || {
+            LocalVolume::open(&path, replica_config, RuntimeOptions::default())
+        })
+        .await;
+        let local = match opened {
+            Ok(Ok(local)) => local,
+            Ok(Err(error)) => {
+                let message = error.to_string();
+                tracing::error!(volume = %section.name, "cannot open the volume: {message}");
+                service.open_error = Some(message);
+                return service;
+            }
+            Err(join) => {
+                service.open_error = Some(format!("opening panicked: {join}"));
+                return service;
+            }
+        };
+        let handle = local.handle();
+        service.local = Some(local);
+        service.handle = Some(handle.clone());
+        if let Err(refusal) = admin_blocking(&handle, AdminCommand::Connect).await {
+            tracing::warn!(volume = %section.name, "connect: {refusal}");
+        }
+        service.start_link(config, node_index, key, &handle).await;
+        service.start_frontend(config, node_name, &handle).await;
+        service
+    }
+
+    async fn start_link(
+        &mut self,
+        config: &Config,
+        node_index: usize,
+        key: [u8; 32],
+        handle: &VolumeHandle,
+    ) {
+        let section = &self.section;
+        let peer_index = 1 - node_index;
+        let address = |index: usize| -> Result<IpAddr, String> {
+            config.nodes[index].address.parse().map_err(|_| {
+                format!(
+                    "node address {:?} is not an IP address",
+                    config.nodes[index].address
+                )
+            })
+        };
+        let end = if node_index < peer_index {
+            address(peer_index).map(|ip| LinkEnd::Connect(SocketAddr::new(ip, section.port)))
+        } else {
+            match address(node_index) {
+                Ok(ip) => {
+                    match tokio::net::TcpListener::bind(SocketAddr::new(ip, section.port)).await {
+                        Ok(listener) => Ok(LinkEnd::Accept(listener)),
+                        Err(e) => Err(format!("cannot listen on {ip}:{}: {e}", section.port)),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let end = match end {
+            Ok(end) => end,
+            Err(error) => {
+                tracing::error!(volume = %section.name, "replication link: {error}");
+                return;
+            }
+        };
+        let hello = Hello::new(&config.cluster.name, &self.node_name, &section.name);
+        let mut link_config = LinkConfig::new(key, hello);
+        link_config.compression = match section.compression {
+            Compression::None => engine::protocol::compress::Compression::None,
+            Compression::Lz4 => engine::protocol::compress::Compression::Lz4,
+            Compression::Zstd => engine::protocol::compress::Compression::Zstd,
+        };
+        let task = tokio::spawn(link::run(
+            section.name.clone(),
+            handle.clone(),
+            end,
+            link_config,
+            Arc::clone(&self.link_totals),
+        ));
+        self.tasks.push(task);
+    }
+
+    async fn start_frontend(&mut self, config: &Config, node_name: &str, handle: &VolumeHandle) {
+        let section = &self.section;
+        let node = config.node(node_name).expect("validated");
+        let error = match section.frontend {
+            Frontend::Ublk => Some(
+                "frontend ublk is not available in this build; set frontend = \"nbd\"".to_string(),
+            ),
+            Frontend::Nbd => match section.nbd_port {
+                None => Some("frontend nbd needs nbd_port".to_string()),
+                Some(port) => match node.address.parse::<IpAddr>() {
+                    Err(_) => Some(format!(
+                        "node address {:?} is not an IP address",
+                        node.address
+                    )),
+                    Ok(ip) => {
+                        match tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await {
+                            Err(e) => Some(format!("cannot listen for NBD on {ip}:{port}: {e}")),
+                            Ok(listener) => {
+                                let limits = NbdLimits {
+                                    connections_max: 16,
+                                    requests_in_flight_per_connection: 128,
+                                    request_bytes_max: REQUEST_BYTES_MAX as u32,
+                                    ..NbdLimits::default()
+                                };
+                                let exports = Arc::clone(&self.exports);
+                                self.tasks
+                                    .push(tokio::spawn(nbd::serve(listener, exports, limits)));
+                                self.nbd_device =
+                                    Some(format!("nbd://{ip}:{port}/{}", section.name));
+                                None
+                            }
+                        }
+                    }
+                },
+            },
+        };
+        if let Some(error) = &error {
+            tracing::error!(volume = %section.name, "{error}");
+        }
+        *self
+            .frontend_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+        self.reconcile_export(handle);
+    }
+
+    /// Serves the export while this node is primary with consistent data; otherwise tells NBD
+    /// clients why not.
+    pub fn reconcile_export(&self, handle: &VolumeHandle) {
+        let status = handle.status();
+        let serving = status.role == Role::Primary && status.disk.is_consistent();
+        let name = &self.section.name;
+        let state = if serving {
+            if matches!(self.exports.get(name), Some(ExportState::Serving(_))) {
+                return;
+            }
+            let backend = VolumeBackend {
+                handle: handle.clone(),
+                size_bytes: status.size_bytes,
+            };
+            ExportState::Serving(Arc::new(backend))
+        } else {
+            let reason = if status.disk == DiskState::Failed {
+                format!("volume {name}: the disk on {} failed", self.node_name)
+            } else {
+                format!(
+                    "volume {name} is {} on {}; the primary serves it",
+                    status.role, self.node_name
+                )
+            };
+            ExportState::Unavailable(reason)
+        };
+        self.exports.set(name, state);
+    }
+
+    /// Runs an admin command (blocking work happens off the async workers).
+    pub async fn admin(&self, command: AdminCommand) -> Result<(), String> {
+        let handle = self.handle.as_ref().ok_or_else(|| self.down_reason())?;
+        let result = admin_blocking(handle, command)
+            .await
+            .map_err(|r| r.to_string());
+        self.reconcile_export(handle);
+        result
+    }
+
+    /// The engine's status, if the volume is open.
+    pub fn engine_status(&self) -> Option<ReplicaStatus> {
+        self.handle.as_ref().map(VolumeHandle::status)
+    }
+
+    /// Periodic housekeeping: the export follows the role.
+    pub fn reconcile(&self) {
+        if let Some(handle) = &self.handle {
+            self.reconcile_export(handle);
+        }
+    }
+
+    fn down_reason(&self) -> String {
+        let error = self
+            .open_error
+            .clone()
+            .unwrap_or_else(|| "not open".to_string());
+        format!("volume {} is down: {error}", self.section.name)
+    }
+
+    /// The volume's status report.
+    pub fn report(&self) -> VolumeReport {
+        let protocol = format!("{:?}", self.section.protocol);
+        let Some(status) = self.engine_status() else {
+            return VolumeReport {
+                name: self.section.name.clone(),
+                role: "secondary".to_string(),
+                disk: "diskless".to_string(),
+                connection: "stand_alone".to_string(),
+                replication: "off".to_string(),
+                peer_disk: "unknown".to_string(),
+                protocol,
+                connection_reason: Some(self.down_reason()),
+                ..VolumeReport::default()
+            };
+        };
+        let (sent, received) = self.link_totals.wire_bytes();
+        let serving = matches!(
+            self.exports.get(&self.section.name),
+            Some(ExportState::Serving(_))
+        );
+        VolumeReport {
+            name: status.name.clone(),
+            role: status.role.to_string(),
+            disk: status.disk.to_string(),
+            connection: status.connection.to_string(),
+            replication: status.replication.to_string(),
+            peer_disk: status.peer_disk.to_string(),
+            peer_role: status.peer_role.map(|r| r.to_string()),
+            out_of_sync_bytes: status.out_of_sync_bytes,
+            sync: status.sync.map(|s| SyncReport {
+                percent: s.percent,
+                bytes_per_second: s.bytes_per_second,
+                eta_seconds: s.eta_seconds,
+                direction: s.direction.to_string(),
+                remaining_bytes: s.remaining_bytes,
+            }),
+            split_brain: status.split_brain,
+            device: if serving {
+                self.nbd_device.clone()
+            } else {
+                None
+            },
+            size_bytes: status.size_bytes,
+            protocol,
+            last_decision: status
+                .last_decision
+                .map(|(d, r)| format!("{d} by rule={r}")),
+            connection_reason: status.connection_reason,
+            wire_bytes_sent: sent,
+            wire_bytes_received: received,
+            frontend_error: self
+                .frontend_error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone(),
+        }
+    }
+
+    /// Stops the tasks and closes the volume cleanly (metadata marked clean).
+    pub async fn stop(mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+        if let Some(local) = self.local.take() {
+            let name = self.section.name.clone();
+            let closed = tokio::task::spawn_blocking(move || local.close()).await;
+            match closed {
+                Ok(Ok(())) => tracing::info!(volume = %name, "closed cleanly"),
+                Ok(Err(refusal)) => tracing::warn!(volume = %name, "close: {refusal}"),
+                Err(join) => tracing::warn!(volume = %name, "close panicked: {join}"),
+            }
+        }
+    }
+}
+
+async fn admin_blocking(
+    handle: &VolumeHandle,
+    command: AdminCommand,
+) -> Result<(), engine::replica::Refusal> {
+    let handle = handle.clone();
+    tokio::task::spawn_blocking(move || handle.admin(command))
+        .await
+        .unwrap_or_else(|join| {
+            Err(engine::replica::Refusal::Attach(format!(
+                "admin command panicked: {join}"
+            )))
+        })
+}
+
+fn replica_config(section: &VolumeSection, node_index: usize) -> ReplicaConfig {
+    let mut config = ReplicaConfig::new(&section.name, NodeId(node_index as u8));
+    config.journal_memory_bytes_max = section.journal_memory.0;
+    config.request_bytes_max = REQUEST_BYTES_MAX;
+    config.resync_rate_bytes_per_second_max = section.resync_rate.map(|r| r.0);
+    config
+}

@@ -1,0 +1,194 @@
+//! What `tandem status` shows: the JSON contract of DESIGN §5 and its text rendering.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// The status of one node, as its daemon reports it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeReport {
+    /// This node's name.
+    pub node: String,
+    /// The cluster's nodes as this node sees them.
+    pub nodes: Vec<NodeView>,
+    /// The volumes.
+    pub volumes: Vec<VolumeReport>,
+    /// Resource groups (the cluster manager's, when configured).
+    pub groups: Vec<GroupReport>,
+}
+
+/// A node as seen from the reporting node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Its name.
+    pub name: String,
+    /// Whether it is reachable (this node itself always is).
+    pub reachable: bool,
+    /// Its heartbeat links and their health.
+    pub links: Vec<LinkView>,
+}
+
+/// One heartbeat link.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LinkView {
+    /// The link's address.
+    pub address: String,
+    /// `up`, `suspect` or `down`.
+    pub health: String,
+}
+
+/// A resource group.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GroupReport {
+    /// Its name.
+    pub name: String,
+    /// The node running it, if any.
+    pub active_node: Option<String>,
+    /// Its state.
+    pub state: String,
+    /// Its resources.
+    pub resources: Vec<String>,
+}
+
+/// Resync progress.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SyncReport {
+    /// Percent done.
+    pub percent: f64,
+    /// Recent throughput.
+    pub bytes_per_second: u64,
+    /// Estimated seconds to go.
+    pub eta_seconds: Option<u64>,
+    /// "source" or "target".
+    pub direction: String,
+    /// Bytes still out of sync.
+    pub remaining_bytes: u64,
+}
+
+/// One volume on the reporting node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VolumeReport {
+    /// The volume's name.
+    pub name: String,
+    /// `primary` or `secondary`.
+    pub role: String,
+    /// This node's disk state (`up_to_date`, `inconsistent`, ...).
+    pub disk: String,
+    /// Connection to the peer (`connected`, `unconnected`, `stand_alone`, ...).
+    pub connection: String,
+    /// Replication state (`established`, `sync_source`, ...).
+    pub replication: String,
+    /// The peer's disk state (`unknown` when not connected).
+    pub peer_disk: String,
+    /// The peer's role, when connected.
+    pub peer_role: Option<String>,
+    /// Bytes marked out of sync with the peer.
+    pub out_of_sync_bytes: u64,
+    /// Resync progress, while one runs.
+    pub sync: Option<SyncReport>,
+    /// A split brain was detected and not resolved.
+    pub split_brain: bool,
+    /// Where clients reach the volume on this node (`nbd://10.0.0.1:10809/r0`), when serving.
+    pub device: Option<String>,
+    /// Size of the data area.
+    pub size_bytes: u64,
+    /// Replication protocol.
+    pub protocol: String,
+    /// The last sync decision and the rule that made it.
+    pub last_decision: Option<String>,
+    /// Why the connection is stand-alone or was last lost.
+    pub connection_reason: Option<String>,
+    /// Bytes sent to the peer on the wire (after compression and encryption), since start.
+    pub wire_bytes_sent: u64,
+    /// Bytes received from the peer on the wire, since start.
+    pub wire_bytes_received: u64,
+    /// Why the frontend is not serving, if it should and is not.
+    pub frontend_error: Option<String>,
+}
+
+impl NodeReport {
+    /// The text `tandem status` prints.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "node {}", self.node);
+        for node in &self.nodes {
+            let reach = if node.reachable {
+                "reachable"
+            } else {
+                "unreachable"
+            };
+            let _ = writeln!(out, "  {:<12} {reach}", node.name);
+        }
+        for volume in &self.volumes {
+            let _ = writeln!(
+                out,
+                "volume {} ({}, protocol {}): role {}, disk {}",
+                volume.name,
+                human_bytes(volume.size_bytes),
+                volume.protocol,
+                volume.role,
+                volume.disk
+            );
+            let peer_role = volume.peer_role.as_deref().unwrap_or("unknown");
+            let _ = writeln!(
+                out,
+                "  connection {}, replication {}, peer {} ({peer_role})",
+                volume.connection, volume.replication, volume.peer_disk
+            );
+            if let Some(reason) = &volume.connection_reason
+                && volume.connection != "connected"
+            {
+                let _ = writeln!(out, "  reason: {reason}");
+            }
+            if volume.out_of_sync_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "  out of sync: {}",
+                    human_bytes(volume.out_of_sync_bytes)
+                );
+            }
+            if let Some(sync) = &volume.sync {
+                let eta = sync
+                    .eta_seconds
+                    .map_or("unknown".to_string(), |s| format!("{s} s"));
+                let _ = writeln!(
+                    out,
+                    "  sync ({}): {:.1}% done, {}/s, {} to go, eta {eta}",
+                    sync.direction,
+                    sync.percent,
+                    human_bytes(sync.bytes_per_second),
+                    human_bytes(sync.remaining_bytes)
+                );
+            }
+            if volume.split_brain {
+                let _ = writeln!(
+                    out,
+                    "  SPLIT BRAIN: see tandem split-brain show {}",
+                    volume.name
+                );
+            }
+            if let Some(decision) = &volume.last_decision {
+                let _ = writeln!(out, "  last decision: {decision}");
+            }
+            match (&volume.device, &volume.frontend_error) {
+                (Some(device), _) => {
+                    let _ = writeln!(out, "  device {device}");
+                }
+                (None, Some(error)) => {
+                    let _ = writeln!(out, "  frontend: {error}");
+                }
+                (None, None) => {}
+            }
+        }
+        for group in &self.groups {
+            let node = group.active_node.as_deref().unwrap_or("-");
+            let _ = writeln!(out, "group {} on {node}: {}", group.name, group.state);
+        }
+        out
+    }
+}
+
+/// `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    crate::size::ByteSize(bytes).human()
+}
