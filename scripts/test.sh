@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test entry point: what CI runs (through .ci/run) and what the README tells you to run.
-# It installs what the tests need when it is missing, so it works on a fresh machine.
+# It installs what the tests need when it is missing, so it works on a fresh Debian machine
+# (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,13 +9,47 @@ SIM_SEEDS=${SIM_SEEDS:-2000}
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# Tools the real-process tests drive, and the Debian package of each.
+install_missing_tools() {
+    local -a missing=()
+    local tool package
+    while read -r tool package; do
+        command -v "$tool" >/dev/null 2>&1 || missing+=("$package")
+    done <<'TOOLS'
+qemu-io qemu-utils
+nbdinfo libnbd-bin
+nbdfuse libnbd-bin
+fusermount3 fuse3
+mkfs.ext4 e2fsprogs
+losetup util-linux
+nsenter util-linux
+ip iproute2
+sha256sum coreutils
+TOOLS
+    if [ "${#missing[@]}" -eq 0 ]; then
+        echo "all test tools present"
+        return
+    fi
+    local -a unique
+    mapfile -t unique < <(printf '%s\n' "${missing[@]}" | sort -u)
+    echo "installing: ${unique[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${unique[@]}"
+}
+
+step "test tools"
+install_missing_tools
+# FUSE and loop devices back the NBD mount tests; load them if the kernel has them as modules.
+modprobe fuse 2>/dev/null || true
+modprobe loop 2>/dev/null || true
+
 step "format check"
 cargo fmt --all -- --check
 
 step "clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
-step "unit, scenario and integration tests"
+step "unit, scenario, simulation and real-process tests"
 cargo test --workspace --all-features
 
 step "simulator: $SIM_SEEDS seeds"
