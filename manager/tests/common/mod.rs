@@ -174,6 +174,16 @@ impl Cluster {
         );
     }
 
+    /// The process id of `name`'s daemon.
+    pub fn daemon_pid(&self, name: &str) -> u32 {
+        self.daemons
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("running")
+            .1
+            .id()
+    }
+
     /// Kills the daemon of `name` with SIGKILL (a crash) and reaps it.
     pub fn kill_daemon(&mut self, name: &str) {
         let position = self
@@ -298,6 +308,7 @@ pub fn tail(text: &str, lines: usize) -> String {
 pub struct NetnsPair {
     pub names: [String; 2],
     pub addresses: [String; 2],
+    pub veths: [String; 2],
 }
 
 impl NetnsPair {
@@ -336,7 +347,35 @@ impl NetnsPair {
                 "up",
             ]));
         }
-        Self { names, addresses }
+        Self {
+            names,
+            addresses,
+            veths: veth,
+        }
+    }
+
+    /// Limits each side's sending rate with a token bucket (`tc qdisc ... tbf`).
+    pub fn limit_rate(&self, rate: &str) {
+        for index in 0..2 {
+            run_ok(Command::new("ip").args([
+                "netns",
+                "exec",
+                &self.names[index],
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                &self.veths[index],
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "32kb",
+                "latency",
+                "400ms",
+            ]));
+        }
     }
 }
 
