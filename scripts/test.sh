@@ -21,7 +21,7 @@ nbdinfo libnbd-bin
 nbdfuse libnbd-bin
 fusermount3 fuse3
 mkfs.ext4 e2fsprogs
-losetup util-linux
+losetup mount
 nsenter util-linux
 ip iproute2
 sha256sum coreutils

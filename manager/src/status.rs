@@ -140,6 +140,14 @@ impl NodeReport {
             {
                 let _ = writeln!(out, "  reason: {reason}");
             }
+            if volume.wire_bytes_sent > 0 || volume.wire_bytes_received > 0 {
+                let _ = writeln!(
+                    out,
+                    "  link traffic: sent {}, received {} (compressed, encrypted)",
+                    human_bytes(volume.wire_bytes_sent),
+                    human_bytes(volume.wire_bytes_received)
+                );
+            }
             if volume.out_of_sync_bytes > 0 {
                 let _ = writeln!(
                     out,

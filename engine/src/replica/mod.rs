@@ -717,7 +717,9 @@ impl Replica {
             peer_role: self.peer.remote.as_ref().map(|r| r.role),
             split_brain: self.peer.split_brain,
             last_decision: self.peer.last_decision,
-            connection_reason: self.peer.reason.clone(),
+            connection_reason: (self.peer.conn != ConnState::Connected)
+                .then(|| self.peer.reason.clone())
+                .flatten(),
             sync: self.sync_progress(),
         }
     }

@@ -75,8 +75,13 @@ async fn handle(stream: UnixStream, daemon: &Daemon) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends one request to the daemon at `socket` and returns its response.
-pub fn call(socket: &Path, request: &Request) -> Result<Response, String> {
+/// Sends one request to the daemon at `socket` and returns its response; gives up when the
+/// daemon does not answer within `timeout`.
+pub fn call(
+    socket: &Path,
+    request: &Request,
+    timeout: std::time::Duration,
+) -> Result<Response, String> {
     use std::io::{BufRead, Read, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|e| {
         format!(
@@ -84,6 +89,13 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, String> {
             socket.display()
         )
     })?;
+    let timeout = timeout.max(std::time::Duration::from_millis(100));
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    stream
+        .set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
     let mut text = serde_json::to_vec(request).map_err(|e| e.to_string())?;
     text.push(b'\n');
     stream
@@ -93,7 +105,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, String> {
     let mut reader = std::io::BufReader::new(Read::take(stream, MESSAGE_BYTES_MAX as u64));
     reader
         .read_until(b'\n', &mut line)
-        .map_err(|e| format!("read from the daemon: {e}"))?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                format!(
+                    "the daemon did not answer within {:.1} s",
+                    timeout.as_secs_f64()
+                )
+            }
+            _ => format!("read from the daemon: {e}"),
+        })?;
     serde_json::from_slice(&line).map_err(|e| format!("malformed answer from the daemon: {e}"))
 }
 

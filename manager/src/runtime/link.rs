@@ -234,7 +234,10 @@ async fn session(
     let reason = tokio::select! {
         reason = reading => reason,
         reason = writing => reason,
-        _ = stopped => "replaced by a new connection from the peer".to_string(),
+        replaced = stopped => match replaced {
+            Ok(()) => "replaced by a new connection from the peer".to_string(),
+            Err(_) => "the link task stopped".to_string(),
+        },
     };
     totals.finish();
     handle.peer_input(Input::PeerDisconnected {

@@ -7,10 +7,29 @@ use manager::config::Config;
 use manager::runtime::admin::{call, socket_path};
 use manager::status::{NodeReport, VolumeReport};
 
+/// How long a status request may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a volume command may take (a demotion drains in-flight I/O first).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Sends `request` to this node's daemon; a refusal becomes an error.
 pub(crate) fn send(config: &Config, node: &str, request: &Request) -> anyhow::Result<Response> {
+    let timeout = if matches!(request, Request::Status) {
+        STATUS_TIMEOUT
+    } else {
+        COMMAND_TIMEOUT
+    };
+    send_within(config, node, request, timeout)
+}
+
+fn send_within(
+    config: &Config,
+    node: &str,
+    request: &Request,
+    timeout: Duration,
+) -> anyhow::Result<Response> {
     let section = config.node(node).map_err(anyhow::Error::msg)?;
-    let response = call(&socket_path(section), request).map_err(anyhow::Error::msg)?;
+    let response = call(&socket_path(section), request, timeout).map_err(anyhow::Error::msg)?;
     if !response.ok {
         anyhow::bail!(
             "{}",
@@ -71,7 +90,17 @@ pub(crate) fn wait(
     config.volume(volume).map_err(anyhow::Error::msg)?;
     let deadline = timeout.map(|seconds| Instant::now() + Duration::from_secs(seconds));
     loop {
-        let report = status(config, node)?;
+        let remaining = deadline.map_or(STATUS_TIMEOUT, |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let report = send_within(
+            config,
+            node,
+            &Request::Status,
+            remaining.min(STATUS_TIMEOUT),
+        )?
+        .status
+        .ok_or_else(|| anyhow::anyhow!("the daemon sent no status"))?;
         let state = report
             .volumes
             .into_iter()
@@ -81,8 +110,9 @@ pub(crate) fn wait(
             return Ok(());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
+            let wanted = format!("{condition:?}").to_lowercase();
             anyhow::bail!(
-                "timed out waiting for {volume} to be {condition:?}: role {}, disk {}, connection {}, \
+                "timed out waiting for {volume} to be {wanted}: role {}, disk {}, connection {}, \
                  replication {}, peer {}",
                 state.role,
                 state.disk,

@@ -174,10 +174,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => {
             println!(
-                "{}: ok ({} nodes, {} volumes)",
+                "{}: ok ({} nodes, {} volume{})",
                 cli.config.display(),
                 config.nodes.len(),
-                config.volumes.len()
+                config.volumes.len(),
+                if config.volumes.len() == 1 { "" } else { "s" }
             );
             Ok(())
         }
