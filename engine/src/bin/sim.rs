@@ -54,8 +54,8 @@ fn main() -> ExitCode {
     };
     let run_single = only.as_deref() != Some("cluster");
     let run_cluster = only.as_deref() != Some("single") && planted_bug.is_none();
-    let run = |seed: u64| -> Result<[u64; 6], String> {
-        let mut totals = [0; 6];
+    let run = |seed: u64| -> Result<[u64; 7], String> {
+        let mut totals = [0; 7];
         if run_single {
             let report =
                 run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
@@ -70,6 +70,7 @@ fn main() -> ExitCode {
             totals[3] += u64::from(report.failovers);
             totals[4] += u64::from(report.resyncs);
             totals[5] += u64::from(report.identity_checks);
+            totals[6] += u64::from(report.prefix_checks);
         }
         Ok(totals)
     };
@@ -97,7 +98,7 @@ fn main() -> ExitCode {
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = [0u64; 6];
+    let mut totals = [0u64; 7];
     for seed in first..first + count {
         match run(seed) {
             Ok(seed_totals) => {
@@ -122,14 +123,15 @@ fn main() -> ExitCode {
     }
     println!(
         "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
-         {} resyncs, {} identical-replica checks",
+         {} resyncs, {} identical-replica checks, {} prefix checks",
         started.elapsed().as_secs_f64(),
         totals[0],
         totals[1],
         totals[2],
         totals[3],
         totals[4],
-        totals[5]
+        totals[5],
+        totals[6]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

@@ -14,16 +14,20 @@
 //! | 0x0004 | StartResync | both | u8 full |
 //! | 0x0005 | Ping | both | u64 id |
 //! | 0x0006 | Pong | both | u64 id |
-//! | 0x0010 | Write | primary → secondary | u64 seq, u64 after, u64 offset, u8 fua, data |
-//! | 0x0011 | Trim | primary → secondary | u64 seq, u64 after, u64 offset, u32 length, u8 fua |
+//! | 0x0010 | Write | primary → secondary | u64 seq, u64 after, u64 offset, u8 flags, data |
+//! | 0x0011 | Trim | primary → secondary | u64 seq, u64 after, u64 offset, u32 length, u8 flags |
 //! | 0x0012 | WriteZeroes | primary → secondary | as Trim |
 //! | 0x0013 | Flush | primary → secondary | u64 id |
 //! | 0x0020 | WriteAck | secondary → primary | u64 seq, u8 ok |
 //! | 0x0021 | FlushAck | secondary → primary | u64 id, u8 ok |
+//! | 0x0022 | Received | secondary → primary | u64 seq |
 //! | 0x0030 | ResyncData | source → target | u64 offset, data |
 //! | 0x0031 | ResyncAck | target → source | u64 offset, u32 length, u8 ok |
 //! | 0x0032 | ResyncDone | source → target | postcard [`GenerationSet`] |
 //! | 0x0033 | ResyncDoneAck | target → source | empty |
+//!
+//! Write flags: bit 0 FUA, bit 1 "send a receipt" (protocol B: the primary completes the write
+//! when the secondary has received it); other bits must be zero.
 //!
 //! `after` in a write is the newest sequence number the primary had completed to a client when
 //! it issued the write: the secondary starts the write only after every write it received with a
@@ -71,6 +75,28 @@ pub struct PeerState {
     pub granule_bytes: u32,
 }
 
+/// Flags of a replicated write.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteFlags {
+    /// Force unit access.
+    pub fua: bool,
+    /// The primary waits for a [`PeerMessage::Received`] (protocol B).
+    pub receipt: bool,
+}
+
+impl WriteFlags {
+    fn to_byte(self) -> u8 {
+        u8::from(self.fua) | u8::from(self.receipt) << 1
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        (byte & !0b11 == 0).then_some(Self {
+            fua: byte & 1 != 0,
+            receipt: byte & 2 != 0,
+        })
+    }
+}
+
 /// One message of the peer protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerMessage {
@@ -113,8 +139,8 @@ pub enum PeerMessage {
         after: Seq,
         /// Volume offset.
         offset: u64,
-        /// Force unit access.
-        fua: bool,
+        /// FUA, and whether the primary waits for a receipt (protocol B).
+        flags: WriteFlags,
         /// The bytes.
         data: IoBuf,
     },
@@ -128,8 +154,8 @@ pub enum PeerMessage {
         offset: u64,
         /// Bytes.
         length: u32,
-        /// Force unit access.
-        fua: bool,
+        /// FUA, and whether the primary waits for a receipt (protocol B).
+        flags: WriteFlags,
     },
     /// A replicated write of zeros.
     WriteZeroes {
@@ -141,8 +167,8 @@ pub enum PeerMessage {
         offset: u64,
         /// Bytes.
         length: u32,
-        /// Force unit access.
-        fua: bool,
+        /// FUA, and whether the primary waits for a receipt (protocol B).
+        flags: WriteFlags,
     },
     /// Make every completed write durable and answer.
     Flush {
@@ -155,6 +181,11 @@ pub enum PeerMessage {
         seq: Seq,
         /// Whether the secondary's storage took it.
         ok: bool,
+    },
+    /// The secondary received a write that asked for a receipt (protocol B).
+    Received {
+        /// The write's sequence number.
+        seq: Seq,
     },
     /// A flush completed on the secondary.
     FlushAck {
@@ -220,6 +251,7 @@ impl PeerMessage {
             Self::Flush { .. } => 0x0013,
             Self::WriteAck { .. } => 0x0020,
             Self::FlushAck { .. } => 0x0021,
+            Self::Received { .. } => 0x0022,
             Self::ResyncData { .. } => 0x0030,
             Self::ResyncAck { .. } => 0x0031,
             Self::ResyncDone { .. } => 0x0032,
@@ -249,11 +281,12 @@ impl PeerMessage {
             }
             Self::StartResync { full } => vec![u8::from(*full)],
             Self::Ping { id } | Self::Pong { id } | Self::Flush { id } => id.to_le_bytes().to_vec(),
+            Self::Received { seq } => seq.0.to_le_bytes().to_vec(),
             Self::Write {
                 seq,
                 after,
                 offset,
-                fua,
+                flags,
                 data,
             } => {
                 let mut out = vec![0u8; 25 + data.len()];
@@ -261,7 +294,7 @@ impl PeerMessage {
                 w.put_u64(seq.0);
                 w.put_u64(after.0);
                 w.put_u64(*offset);
-                w.put_u8(u8::from(*fua));
+                w.put_u8(flags.to_byte());
                 w.put_bytes(data.as_slice());
                 out
             }
@@ -270,14 +303,14 @@ impl PeerMessage {
                 after,
                 offset,
                 length,
-                fua,
+                flags,
             }
             | Self::WriteZeroes {
                 seq,
                 after,
                 offset,
                 length,
-                fua,
+                flags,
             } => {
                 let mut out = vec![0u8; 29];
                 let mut w = FieldWriter::new(&mut out);
@@ -285,7 +318,7 @@ impl PeerMessage {
                 w.put_u64(after.0);
                 w.put_u64(*offset);
                 w.put_u32(*length);
-                w.put_u8(u8::from(*fua));
+                w.put_u8(flags.to_byte());
                 out
             }
             Self::WriteAck { seq, ok } => {
@@ -353,8 +386,9 @@ impl PeerMessage {
             }
             0x0010 => {
                 let (seq, after, offset) = (r.u64(), r.u64(), r.u64());
-                let fua = r.u8().and_then(flag);
-                let (Some(seq), Some(after), Some(offset), Some(fua)) = (seq, after, offset, fua)
+                let flags = r.u8().and_then(WriteFlags::from_byte);
+                let (Some(seq), Some(after), Some(offset), Some(flags)) =
+                    (seq, after, offset, flags)
                 else {
                     return Err(short());
                 };
@@ -363,15 +397,15 @@ impl PeerMessage {
                     seq: Seq(seq),
                     after: Seq(after),
                     offset,
-                    fua,
+                    flags,
                     data,
                 }
             }
             0x0011 | 0x0012 => {
                 let (seq, after, offset, length) = (r.u64(), r.u64(), r.u64(), r.u32());
-                let fua = r.u8().and_then(flag);
-                let (Some(seq), Some(after), Some(offset), Some(length), Some(fua)) =
-                    (seq, after, offset, length, fua)
+                let flags = r.u8().and_then(WriteFlags::from_byte);
+                let (Some(seq), Some(after), Some(offset), Some(length), Some(flags)) =
+                    (seq, after, offset, length, flags)
                 else {
                     return Err(short());
                 };
@@ -382,7 +416,7 @@ impl PeerMessage {
                         after,
                         offset,
                         length,
-                        fua,
+                        flags,
                     }
                 } else {
                     Self::WriteZeroes {
@@ -390,7 +424,7 @@ impl PeerMessage {
                         after,
                         offset,
                         length,
-                        fua,
+                        flags,
                     }
                 }
             }
@@ -406,6 +440,9 @@ impl PeerMessage {
                     Self::FlushAck { id: number, ok }
                 }
             }
+            0x0022 => Self::Received {
+                seq: Seq(r.u64().ok_or_else(short)?),
+            },
             0x0030 => {
                 let offset = r.u64().ok_or_else(short)?;
                 Self::ResyncData {
@@ -470,6 +507,7 @@ pub fn kind_name(kind: u16) -> Option<&'static str> {
         0x0013 => "Flush",
         0x0020 => "WriteAck",
         0x0021 => "FlushAck",
+        0x0022 => "Received",
         0x0030 => "ResyncData",
         0x0031 => "ResyncAck",
         0x0032 => "ResyncDone",
@@ -553,7 +591,10 @@ mod tests {
                 seq: Seq(10),
                 after: Seq(8),
                 offset: 4096,
-                fua: true,
+                flags: WriteFlags {
+                    fua: true,
+                    receipt: true,
+                },
                 data: IoBuf::copy_from(&[7; 4096]),
             },
             PeerMessage::Trim {
@@ -561,14 +602,17 @@ mod tests {
                 after: Seq(9),
                 offset: 0,
                 length: 512,
-                fua: false,
+                flags: WriteFlags::default(),
             },
             PeerMessage::WriteZeroes {
                 seq: Seq(12),
                 after: Seq(9),
                 offset: 0,
                 length: 512,
-                fua: true,
+                flags: WriteFlags {
+                    fua: true,
+                    receipt: false,
+                },
             },
             PeerMessage::Flush { id: 77 },
             PeerMessage::WriteAck {
@@ -576,6 +620,7 @@ mod tests {
                 ok: true,
             },
             PeerMessage::FlushAck { id: 77, ok: false },
+            PeerMessage::Received { seq: Seq(10) },
             PeerMessage::ResyncData {
                 offset: 8192,
                 data: IoBuf::copy_from(&[1; 512]),

@@ -14,8 +14,20 @@ pub(super) struct PendingAdmin {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum PendingKind {
-    Attach { superblock_version: u64 },
-    Promote { superblock_version: u64 },
+    Attach {
+        superblock_version: u64,
+    },
+    /// Writing the replicated writes received from the old primary first.
+    PromoteDraining {
+        force: bool,
+    },
+    /// Waiting for the superblock that records the role and for a flush: what the new
+    /// primary serves is durable from the start (under protocol A the old primary's flushes
+    /// did not reach this node).
+    Promote {
+        superblock_version: u64,
+        flushed: bool,
+    },
     Demote(DemoteStage),
     Detach(DetachStage),
 }
@@ -76,6 +88,7 @@ impl Replica {
             },
             AdminCommand::Promote { .. } => PendingKind::Promote {
                 superblock_version: version,
+                flushed: false,
             },
             _ => unreachable!("only attach and promote wait for a superblock version"),
         };
@@ -103,6 +116,13 @@ impl Replica {
         }
         if self.role == Role::Primary {
             return self.admin_done(id, Ok(()));
+        }
+        if self.requests.peer_writes_pending(None) {
+            // Everything the old primary sent is written before this node serves clients: under
+            // protocol B those writes may already have completed there.
+            let kind = PendingKind::PromoteDraining { force };
+            self.pending_admin = Some(PendingAdmin { id, kind });
+            return;
         }
         let connected = matches!(self.peer.conn, ConnState::Connected | ConnState::Connecting);
         let peer_primary = self
@@ -143,7 +163,21 @@ impl Replica {
         } else {
             self.announce_state();
         }
+        self.submit(StorageOp::Flush, OpPurpose::PromoteFlush);
         self.wait_for_superblock(id, version, AdminCommand::Promote { force });
+    }
+
+    pub(super) fn promote_flush_completion(&mut self, result: Result<(), Errno>) {
+        if let Err(errno) = result {
+            return self.fail_disk("flushing before serving as primary", errno);
+        }
+        if let Some(PendingAdmin {
+            kind: PendingKind::Promote { flushed, .. },
+            ..
+        }) = &mut self.pending_admin
+        {
+            *flushed = true;
+        }
     }
 
     /// The operator accepts this node's data as the newest: it becomes `UpToDate` in a new
@@ -247,8 +281,19 @@ impl Replica {
                 self.finish_attach();
                 None
             }
-            PendingKind::Promote { superblock_version } => {
-                if !self.superblock_durable(superblock_version) {
+            PendingKind::PromoteDraining { force } => {
+                if self.requests.peer_writes_pending(None) {
+                    return false;
+                }
+                self.pending_admin = None;
+                self.promote(pending.id, force);
+                return true;
+            }
+            PendingKind::Promote {
+                superblock_version,
+                flushed,
+            } => {
+                if !flushed || !self.superblock_durable(superblock_version) {
                     return false;
                 }
                 None
@@ -358,7 +403,9 @@ impl Replica {
             return;
         };
         match pending.kind {
-            PendingKind::Attach { .. } | PendingKind::Promote { .. } => {
+            PendingKind::Attach { .. }
+            | PendingKind::PromoteDraining { .. }
+            | PendingKind::Promote { .. } => {
                 let reason = self.failure.clone().unwrap_or_default();
                 self.admin_done(pending.id, Err(Refusal::DiskFailed(reason)));
             }

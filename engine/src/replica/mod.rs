@@ -42,11 +42,28 @@ use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::superblock::Superblock;
 use crate::types::{Errno, Instant, NodeId, Now, RequestTag, StorageOpId};
 
+/// The replication protocol: when a client write completes (DESIGN §2). Switching needs no new
+/// metadata; both nodes read it from the same configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+pub enum Protocol {
+    /// Asynchronous: the local write is done and the write is in the journal. The peer stays a
+    /// crash-consistent prefix of this node's history; the newest writes can be lost on a
+    /// failover.
+    A,
+    /// Memory-synchronous: the local write is done and the peer has received the write.
+    B,
+    /// Synchronous: the local write is done and the peer has written it.
+    #[default]
+    C,
+}
+
 /// Settings of a replica that do not live in its metadata.
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     /// The volume's name (checked against the superblock).
     pub volume_name: String,
+    /// When client writes complete.
+    pub protocol: Protocol,
     /// This node's id.
     pub node_id: NodeId,
     /// Payload bytes the journal's memory tier holds before spilling to the ring.
@@ -81,6 +98,7 @@ impl ReplicaConfig {
     pub fn new(volume_name: impl Into<String>, node_id: NodeId) -> Self {
         Self {
             volume_name: volume_name.into(),
+            protocol: Protocol::C,
             node_id,
             journal_memory_bytes_max: 64 << 20,
             requests_in_flight_max: 4096,
@@ -467,6 +485,11 @@ pub struct ReplicaStatus {
     pub activity_log_extents: u64,
     /// Client requests in flight.
     pub requests_in_flight: u64,
+    /// Bytes sent to the peer that it has not written yet (under protocol A: how far behind it
+    /// is).
+    pub unacked_bytes: u64,
+    /// Writes received from the primary and not written here yet.
+    pub peer_writes_pending: u64,
     /// Connection to the peer.
     pub connection: ConnState,
     /// Replication state.
@@ -570,6 +593,7 @@ enum OpPurpose {
     ActivityLogFlush,
     JournalSpill,
     DetachFlush,
+    PromoteFlush,
 }
 
 /// One volume on one node. See the module documentation.
@@ -707,6 +731,8 @@ impl Replica {
             activity_log_extents: volume
                 .map_or(0, |v| v.activity_log.active_extents().count() as u64),
             requests_in_flight: self.requests.in_flight() as u64,
+            unacked_bytes: self.requests.unacked_bytes(),
+            peer_writes_pending: self.requests.peer_writes_pending_count(),
             connection: self.peer.conn,
             replication: self.peer.repl,
             peer_disk: self
@@ -750,6 +776,7 @@ impl Replica {
             OpPurpose::ActivityLogFlush => self.activity_log_flush_completion(result.map(|_| ())),
             OpPurpose::JournalSpill => self.journal_spill_completion(result.map(|_| ())),
             OpPurpose::DetachFlush => self.detach_flush_completion(result.map(|_| ())),
+            OpPurpose::PromoteFlush => self.promote_flush_completion(result.map(|_| ())),
         }
     }
 

@@ -217,9 +217,10 @@ impl Replica {
                 self.queue_peer_write(message)
             }
             PeerMessage::Flush { id } => {
-                self.submit(super::StorageOp::Flush, super::OpPurpose::PeerFlush(id));
+                self.queue_peer_flush(id);
                 Ok(())
             }
+            PeerMessage::Received { seq } => self.peer_write_received(seq),
             PeerMessage::WriteAck { seq, ok } => self.peer_write_acknowledged(seq, ok),
             PeerMessage::FlushAck { id, ok } => {
                 self.peer_flush_acknowledged(id, ok);

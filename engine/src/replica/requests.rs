@@ -14,18 +14,18 @@
 //! sync and the write completes once the generation change that records the divergence is
 //! durable.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 
 use super::{
-    ClientCompletion, ClientOp, ClientRequest, Event, OpPurpose, Output, PlantedBug, Replica,
-    StorageOp,
+    ClientCompletion, ClientOp, ClientRequest, Event, OpPurpose, Output, PlantedBug, Protocol,
+    Replica, StorageOp,
 };
 use crate::buffer::IoBuf;
 use crate::codec::checksum;
 use crate::journal::record::{RecordHeader, RecordKind};
-use crate::protocol::messages::PeerMessage;
-use crate::state::{DiskState, Role};
+use crate::protocol::messages::{PeerMessage, WriteFlags};
+use crate::state::{ConnState, DiskState, Role};
 use crate::types::{ByteRange, Errno, RequestTag, SECTOR_BYTES, Seq};
 
 /// The replica's name for a write it holds.
@@ -106,12 +106,29 @@ pub(super) struct Requests {
     next_seq: Seq,
     /// The newest sequence number completed to a client (the `after` of the next write).
     completed_seq: Seq,
-    /// Client writes sent to the peer and not yet acknowledged, by sequence number.
-    awaiting_acks: HashMap<Seq, WriteId>,
+    /// Client writes sent to the peer that it has not written yet, by sequence number. Each
+    /// holds its activity-log extents and its journal record until the peer writes it, whatever
+    /// the protocol: a crash or a lost link then never forgets it.
+    unacked: BTreeMap<Seq, Unacked>,
     /// Bytes of those writes.
-    awaiting_bytes: u64,
+    unacked_bytes: u64,
+    /// Protocol B: writes whose completion waits for the peer's receipt.
+    receipt_waiters: HashMap<Seq, WriteId>,
     /// Replicated writes received and not yet completed here, by the primary's sequence number.
     peer_incomplete: BTreeSet<Seq>,
+    /// The newest replicated write received here.
+    peer_received_seq: Seq,
+    /// The primary's flushes: each runs once every write received before it has completed.
+    peer_flushes: Vec<(u64, Seq)>,
+}
+
+/// A client write the peer has not written yet.
+#[derive(Clone, Debug)]
+struct Unacked {
+    range: ByteRange,
+    extents: Range<u64>,
+    /// Protocol C: the write whose completion waits for this ack.
+    completion: Option<WriteId>,
 }
 
 impl Requests {
@@ -150,6 +167,30 @@ impl Requests {
     /// Whether resync writes are queued or in flight.
     pub(super) fn resync_writes_pending(&self) -> bool {
         self.writes.values().any(|w| w.origin == Origin::Resync)
+    }
+
+    /// Bytes sent to the peer and not yet written there.
+    pub(super) fn unacked_bytes(&self) -> u64 {
+        self.unacked_bytes
+    }
+
+    /// Writes received from the primary and not yet written here.
+    pub(super) fn peer_writes_pending_count(&self) -> u64 {
+        self.peer_incomplete.len() as u64
+    }
+
+    /// The newest replicated write received from the primary.
+    pub(super) fn peer_received_seq(&self) -> Seq {
+        self.peer_received_seq
+    }
+
+    /// Whether a replicated write received up to `seq` (all of them: `None`) is not written
+    /// yet.
+    pub(super) fn peer_writes_pending(&self, through: Option<Seq>) -> bool {
+        match through {
+            Some(seq) => self.peer_incomplete.range(..=seq).next().is_some(),
+            None => !self.peer_incomplete.is_empty(),
+        }
     }
 
     fn overlaps_earlier(&self, position: usize, range: ByteRange) -> bool {
@@ -229,7 +270,8 @@ impl Replica {
     fn client_flush(&mut self, tag: RequestTag) {
         let id = self.requests.next_flush_id;
         self.requests.next_flush_id += 1;
-        let replicating = self.replicating();
+        // Under protocol A the peer is behind by design: a flush covers this node only.
+        let replicating = self.replicating() && self.config.protocol != Protocol::A;
         let flush = PendingFlush {
             tag,
             local: None,
@@ -288,45 +330,39 @@ impl Replica {
         }
     }
 
-    /// Queues a write replicated from the primary.
+    /// Queues a write replicated from the primary (and acknowledges its receipt if asked).
     pub(super) fn queue_peer_write(&mut self, message: PeerMessage) -> Result<(), String> {
-        let (seq, after, range, kind, fua) = match message {
+        let (seq, after, range, kind, flags) = match message {
             PeerMessage::Write {
                 seq,
                 after,
                 offset,
-                fua,
+                flags,
                 data,
             } => {
                 let range = ByteRange::new(offset, data.len() as u64);
-                (seq, after, range, WriteKind::Data(data), fua)
+                (seq, after, range, WriteKind::Data(data), flags)
             }
             PeerMessage::Trim {
                 seq,
                 after,
                 offset,
                 length,
-                fua,
-            } => (
-                seq,
-                after,
-                ByteRange::new(offset, u64::from(length)),
-                WriteKind::Trim,
-                fua,
-            ),
+                flags,
+            } => {
+                let range = ByteRange::new(offset, u64::from(length));
+                (seq, after, range, WriteKind::Trim, flags)
+            }
             PeerMessage::WriteZeroes {
                 seq,
                 after,
                 offset,
                 length,
-                fua,
-            } => (
-                seq,
-                after,
-                ByteRange::new(offset, u64::from(length)),
-                WriteKind::Zeroes,
-                fua,
-            ),
+                flags,
+            } => {
+                let range = ByteRange::new(offset, u64::from(length));
+                (seq, after, range, WriteKind::Zeroes, flags)
+            }
             other => unreachable!("not a write: {other}"),
         };
         self.check_peer_range(
@@ -336,8 +372,40 @@ impl Replica {
         if !self.requests.peer_incomplete.insert(seq) {
             return Err(format!("the peer sent write {seq} twice"));
         }
-        self.queue_write(Origin::Peer { seq, after }, range, kind, fua);
+        // The stream is ordered: the last write received is the newest (a new primary starts
+        // its own numbering).
+        self.requests.peer_received_seq = seq;
+        if flags.receipt {
+            self.send(PeerMessage::Received { seq });
+        }
+        self.queue_write(Origin::Peer { seq, after }, range, kind, flags.fua);
         Ok(())
+    }
+
+    /// The primary asks for a flush: it runs once every write received before it has
+    /// completed here.
+    pub(super) fn queue_peer_flush(&mut self, id: u64) {
+        let bound = self.requests.peer_received_seq;
+        self.requests.peer_flushes.push((id, bound));
+    }
+
+    /// Starts every flush for the primary whose writes have all completed.
+    fn advance_peer_flushes(&mut self) -> bool {
+        let incomplete = &self.requests.peer_incomplete;
+        let ready: Vec<u64> = self
+            .requests
+            .peer_flushes
+            .iter()
+            .filter(|(_, bound)| incomplete.range(..=*bound).next().is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        self.requests
+            .peer_flushes
+            .retain(|(id, _)| !ready.contains(id));
+        for id in &ready {
+            self.submit(StorageOp::Flush, OpPurpose::PeerFlush(*id));
+        }
+        !ready.is_empty()
     }
 
     /// Queues resync data from the source.
@@ -389,6 +457,7 @@ impl Replica {
             return false;
         }
         let mut progress = self.finish_done_writes();
+        progress |= self.advance_peer_flushes();
         if self.disk == DiskState::Failed {
             return progress;
         }
@@ -431,9 +500,16 @@ impl Replica {
                     return false;
                 }
             }
+            Origin::Client { .. } if self.peer.conn == ConnState::Connecting => {
+                // The handshake is under way: the state this node sent counts every write
+                // issued so far, and the decision rests on it. A write issued now would be in
+                // neither, so it waits for the outcome (one round trip, or the ping timeout).
+                return false;
+            }
             Origin::Client { .. } if self.replicating() => {
-                let window = self.config.replication_window_bytes;
-                let pending = self.requests.awaiting_bytes;
+                // Backpressure from a slow peer: what it has not written yet stays bounded.
+                let window = self.replication_window_bytes();
+                let pending = self.requests.unacked_bytes;
                 if pending > 0 && pending + range.length > window {
                     return false;
                 }
@@ -504,10 +580,23 @@ impl Replica {
             write.seq = Some(seq);
             let after = self.requests.completed_seq;
             if replicating {
-                write.awaiting_peer = true;
-                self.requests.awaiting_acks.insert(seq, id);
-                self.requests.awaiting_bytes += write.range.length;
-                let message = peer_message(write, seq, after);
+                let protocol = self.config.protocol;
+                for extent in write.extents.clone() {
+                    volume.activity_log.acquire(extent); // Held until the peer writes it.
+                }
+                write.awaiting_peer = protocol != Protocol::A;
+                let completion = (protocol == Protocol::C).then_some(id);
+                let unacked = Unacked {
+                    range: write.range,
+                    extents: write.extents.clone(),
+                    completion,
+                };
+                self.requests.unacked.insert(seq, unacked);
+                self.requests.unacked_bytes += write.range.length;
+                if protocol == Protocol::B {
+                    self.requests.receipt_waiters.insert(seq, id);
+                }
+                let message = peer_message(write, seq, after, protocol == Protocol::B);
                 self.outputs.push_back(Output::PeerSend(message));
             } else {
                 let granules = volume.bitmap.granules_of(write.range);
@@ -546,73 +635,101 @@ impl Replica {
         write.local = Some(result.is_ok() && !failed);
     }
 
-    /// The peer acknowledged a replicated client write.
+    /// The peer wrote a replicated client write (or failed to).
     pub(super) fn peer_write_acknowledged(&mut self, seq: Seq, ok: bool) -> Result<(), String> {
-        let id = self
+        let unacked = self
             .requests
-            .awaiting_acks
+            .unacked
             .remove(&seq)
             .ok_or(format!("unexpected ack of write {seq}"))?;
-        let write = self.requests.writes.get_mut(&id).expect("held");
-        write.awaiting_peer = false;
-        self.requests.awaiting_bytes -= write.range.length;
-        // The journal keeps what the peer has not acknowledged: everything below the oldest
-        // write still awaited is now on the peer.
-        let oldest_awaited = self.requests.awaiting_acks.keys().min().copied();
-        let acknowledged = Seq(oldest_awaited
-            .unwrap_or(self.requests.next_seq)
-            .0
-            .saturating_sub(1));
-        if let Some(volume) = self.volume.as_mut() {
-            volume.journal.acknowledge_through(acknowledged);
+        self.requests.unacked_bytes -= unacked.range.length;
+        let volume = self.volume.as_mut().expect("attached");
+        for extent in unacked.extents.clone() {
+            volume.activity_log.release(extent);
         }
-        let write = self.requests.writes.get_mut(&id).expect("held");
-        if !ok {
-            // The peer's storage failed: the write is only here.
-            let range = write.range;
-            let gate = self.mark_out_of_sync(range);
-            let write = self.requests.writes.get_mut(&id).expect("held");
+        // The journal keeps what the peer has not written: everything below the oldest write
+        // still unacknowledged is now on the peer.
+        let oldest = self.requests.unacked.keys().next().copied();
+        let written = Seq(oldest.unwrap_or(self.requests.next_seq).0.saturating_sub(1));
+        volume.journal.acknowledge_through(written);
+        // The peer's storage failed: the write is only here from now on.
+        let gate = if ok {
+            0
+        } else {
+            self.mark_out_of_sync(unacked.range)
+        };
+        // Protocol C completes the write now. (Under B the receipt came before this ack, since
+        // the peer sends it before writing; under A nothing waits.)
+        if let Some(write) = unacked
+            .completion
+            .and_then(|id| self.requests.writes.get_mut(&id))
+        {
+            write.awaiting_peer = false;
             write.completion_gate = write.completion_gate.max(gate);
         }
         Ok(())
     }
 
-    /// The peer is gone: writes it did not acknowledge are only here. Their granules are marked
-    /// out of sync and they complete once that is recorded; replicated writes not yet started
-    /// here are dropped (the primary marks them on its side).
-    pub(super) fn writes_lose_peer(&mut self) {
-        let awaiting: Vec<WriteId> = self
+    /// The peer received a write that asked for a receipt (protocol B).
+    pub(super) fn peer_write_received(&mut self, seq: Seq) -> Result<(), String> {
+        let id = self
             .requests
-            .awaiting_acks
-            .drain()
-            .map(|(_, id)| id)
-            .collect();
-        self.requests.awaiting_bytes = 0;
-        for id in awaiting {
-            let range = self.requests.writes[&id].range;
-            let gate = self.mark_out_of_sync(range);
-            let write = self.requests.writes.get_mut(&id).expect("held");
+            .receipt_waiters
+            .remove(&seq)
+            .ok_or(format!("unexpected receipt of write {seq}"))?;
+        if let Some(write) = self.requests.writes.get_mut(&id) {
             write.awaiting_peer = false;
-            write.completion_gate = write.completion_gate.max(gate);
         }
-        let dropped: Vec<WriteId> = self
-            .requests
-            .queued
-            .iter()
-            .copied()
-            .filter(|id| !matches!(self.requests.writes[id].origin, Origin::Client { .. }))
-            .collect();
-        for id in dropped {
-            self.requests.queued.retain(|queued| *queued != id);
-            let write = self.requests.writes.remove(&id).expect("held");
-            if let Origin::Peer { seq, .. } = write.origin {
-                self.requests.peer_incomplete.remove(&seq);
+        Ok(())
+    }
+
+    /// The peer is gone: writes it has not written are only here. Their granules are marked
+    /// out of sync, their extents leave the writes' hold (the bitmap now covers them), and
+    /// writes waiting for the peer complete once the generation change that records the
+    /// divergence is durable. Replicated writes received here still complete (under protocol B
+    /// the primary may already have completed them).
+    pub(super) fn writes_lose_peer(&mut self) {
+        let unacked = std::mem::take(&mut self.requests.unacked);
+        self.requests.unacked_bytes = 0;
+        let mut gate = 0;
+        for entry in unacked.values() {
+            gate = gate.max(self.mark_out_of_sync(entry.range));
+            let volume = self.volume.as_mut().expect("attached");
+            for extent in entry.extents.clone() {
+                volume.activity_log.release(extent);
+            }
+        }
+        let waiting = unacked
+            .values()
+            .filter_map(|entry| entry.completion)
+            .chain(self.requests.receipt_waiters.drain().map(|(_, id)| id))
+            .collect::<Vec<_>>();
+        for id in waiting {
+            if let Some(write) = self.requests.writes.get_mut(&id) {
+                write.awaiting_peer = false;
+                write.completion_gate = write.completion_gate.max(gate);
             }
         }
         for flush in self.requests.flushes.values_mut() {
             flush.awaiting_peer = false;
         }
+        self.requests.peer_flushes.clear();
         self.finish_flushes();
+    }
+
+    /// Bytes of replicated writes the peer may not have written yet before client writes wait.
+    /// Under protocol A the journal holds them, so the window is its capacity.
+    fn replication_window_bytes(&self) -> u64 {
+        let window = self.config.replication_window_bytes;
+        if self.config.protocol != Protocol::A {
+            return window;
+        }
+        let volume = self.volume.as_ref().expect("attached");
+        if !volume.journal.is_active() {
+            return window;
+        }
+        let capacity = self.config.journal_memory_bytes_max + volume.layout.params.journal_bytes;
+        window.max(capacity * 3 / 4)
     }
 
     /// Completes every issued write whose conditions hold.
@@ -798,15 +915,19 @@ impl Replica {
 }
 
 /// The message that replicates a client write.
-fn peer_message(write: &PendingWrite, seq: Seq, after: Seq) -> PeerMessage {
-    let (offset, fua) = (write.range.offset, write.fua);
+fn peer_message(write: &PendingWrite, seq: Seq, after: Seq, receipt: bool) -> PeerMessage {
+    let offset = write.range.offset;
+    let flags = WriteFlags {
+        fua: write.fua,
+        receipt,
+    };
     let length = u32::try_from(write.range.length).expect("validated");
     match &write.kind {
         WriteKind::Data(data) => PeerMessage::Write {
             seq,
             after,
             offset,
-            fua,
+            flags,
             data: data.clone(),
         },
         WriteKind::Trim => PeerMessage::Trim {
@@ -814,14 +935,14 @@ fn peer_message(write: &PendingWrite, seq: Seq, after: Seq) -> PeerMessage {
             after,
             offset,
             length,
-            fua,
+            flags,
         },
         WriteKind::Zeroes => PeerMessage::WriteZeroes {
             seq,
             after,
             offset,
             length,
-            fua,
+            flags,
         },
     }
 }

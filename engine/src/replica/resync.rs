@@ -26,7 +26,7 @@ use crate::buffer::IoBuf;
 use crate::generation::{GenerationSet, SyncDecision};
 use crate::protocol::messages::{BITMAP_CHUNK_BYTES_MAX, PeerMessage};
 use crate::state::{DiskState, ReplState};
-use crate::types::{ByteRange, Errno, Instant};
+use crate::types::{ByteRange, Errno, Instant, Seq};
 
 /// Granules per bitmap message.
 const BITMAP_GRANULES_PER_MESSAGE: u64 = 1 << 20;
@@ -94,8 +94,10 @@ pub(super) struct Source {
 pub(super) struct Target {
     full: bool,
     waiting_for_bitmap: bool,
-    /// The source's generations, once it said it is done.
-    done: Option<GenerationSet>,
+    /// The source's generations, once it said it is done, and the newest replicated write
+    /// received before: the target is up to date only once that one and all before it are
+    /// written, so resync data never runs ahead of the writes replicated alongside it.
+    done: Option<(GenerationSet, Seq)>,
     /// How far finishing has come.
     finishing: Finishing,
     progress: Progress,
@@ -562,10 +564,11 @@ impl Replica {
         &mut self,
         generations: GenerationSet,
     ) -> Result<(), String> {
+        let received = self.requests.peer_received_seq();
         let Some(Resync::Target(target)) = &mut self.peer.resync else {
             return Err("resync done outside a resync".to_string());
         };
-        target.done = Some(generations);
+        target.done = Some((generations, received));
         Ok(())
     }
 
@@ -573,12 +576,14 @@ impl Replica {
         let Some(Resync::Target(target)) = &self.peer.resync else {
             return false;
         };
-        let Some(generations) = target.done else {
+        let Some((generations, received)) = target.done else {
             return false;
         };
         match target.finishing {
             Finishing::NotYet => {
-                if self.requests.resync_writes_pending() {
+                if self.requests.resync_writes_pending()
+                    || self.requests.peer_writes_pending(Some(received))
+                {
                     return false;
                 }
                 let weight = self.volume.as_ref().expect("attached").bitmap.weight();

@@ -7,6 +7,9 @@
 //!
 //! Checkers, besides the single-node ones (reads, S3):
 //! - S1: after a failover every completed write is on the new primary;
+//! - S2: a secondary that follows the primary (connected or not, under any protocol, also while
+//!   it catches up) holds a state the primary's history had at some moment, checked every few
+//!   events; after a failover under protocol A the new primary does too;
 //! - S3: after both nodes crash, every write durable before is still there;
 //! - S4: whenever both nodes are connected, established and up to date with nothing in flight,
 //!   their data areas are byte-identical and neither marks anything out of sync;
@@ -20,14 +23,15 @@ use std::time::Duration;
 use super::disk::{DiskFaults, SimDisk};
 use super::model::{Model, ModelWrite, SectorContent, decode_sector, stamp_sector};
 use super::network::{Delivery, NetworkTiming, SimNetwork};
+use super::prefix::History;
 use crate::buffer::IoBufMut;
 use crate::format::{FormatOptions, InitialData, format};
 use crate::generation::Generation;
 use crate::layout::{Layout, LayoutParams};
 use crate::prng::Prng;
 use crate::replica::{
-    AdminCommand, ClientCompletion, ClientOp, ClientRequest, Input, Output, Refusal, Replica,
-    ReplicaConfig,
+    AdminCommand, ClientCompletion, ClientOp, ClientRequest, Event, Input, Output, Protocol,
+    Refusal, Replica, ReplicaConfig,
 };
 use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::types::{Instant, NodeId, Now, RequestTag, SECTOR_BYTES};
@@ -47,6 +51,8 @@ pub struct ClusterReport {
     pub resyncs: u32,
     /// Times S4 (identical replicas) was checked.
     pub identity_checks: u32,
+    /// Times S2 (a secondary holds a prefix of the history) was checked.
+    pub prefix_checks: u32,
     /// Messages delivered.
     pub messages: u64,
 }
@@ -87,6 +93,8 @@ enum Pending {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Workload,
+    /// A workload during which the primary dies, then a failover if the peer was in sync.
+    CrashPrimaryUnderLoad,
     CrashPrimary,
     CrashSecondary,
     CrashBoth,
@@ -109,6 +117,14 @@ struct Cluster {
     configs: [ReplicaConfig; 2],
     layout: Layout,
     model: Model,
+    /// The write history since the replicas last matched (S2).
+    history: History,
+    /// Which nodes' images follow that history (not since a crash or a failover elsewhere).
+    follows_history: [bool; 2],
+    protocol: Protocol,
+    steps: u64,
+    /// A state changed: check S2 after this event.
+    check_prefix_now: bool,
     /// The node clients talk to.
     primary: Option<usize>,
     pending: HashMap<u64, Pending>,
@@ -182,8 +198,10 @@ impl Cluster {
             });
         }
         let layout = layout.expect("two nodes");
+        let protocol = [Protocol::A, Protocol::B, Protocol::C][prng.below(3) as usize];
         let make_config = |node: u8, prng: &mut Prng| {
             let mut config = ReplicaConfig::new("r0", NodeId(node));
+            config.protocol = protocol;
             config.request_bytes_max = request_bytes_max;
             config.journal_memory_bytes_max = 4096 * prng.below(64);
             config.bitmap_flush_interval = Duration::from_micros(prng.range_inclusive(100, 5000));
@@ -210,6 +228,11 @@ impl Cluster {
             .unwrap_or_else(|_| unreachable!("two nodes"));
         Self {
             model: Model::new(layout.data_bytes),
+            history: History::new((layout.data_bytes / SECTOR_BYTES) as usize),
+            follows_history: [true; 2],
+            protocol,
+            steps: 0,
+            check_prefix_now: false,
             layout,
             nodes,
             network,
@@ -233,8 +256,12 @@ impl Cluster {
 
     fn run(&mut self) -> Result<ClusterReport, String> {
         self.note(format!(
-            "layout {:?}, queue depth {}, faults {}‰, fresh {}",
-            self.layout.params, self.queue_depth, self.fault_per_mille, self.fresh_start
+            "layout {:?}, protocol {:?}, queue depth {}, faults {}‰, fresh {}",
+            self.layout.params,
+            self.protocol,
+            self.queue_depth,
+            self.fault_per_mille,
+            self.fresh_start
         ));
         for node in 0..2 {
             self.start_node(node)?;
@@ -260,9 +287,10 @@ impl Cluster {
         if any_down && self.prng.chance(1, 2) {
             return Phase::Restart;
         }
-        match self.prng.below(20) {
+        match self.prng.below(21) {
             0..=8 => Phase::Workload,
-            9..=10 => Phase::CrashPrimary,
+            9 => Phase::CrashPrimary,
+            10 | 20 => Phase::CrashPrimaryUnderLoad,
             11..=12 => Phase::CrashSecondary,
             13 => Phase::CrashBoth,
             14..=16 => Phase::Switchover,
@@ -273,7 +301,11 @@ impl Cluster {
 
     fn run_phase(&mut self, phase: Phase) -> Result<(), String> {
         match phase {
-            Phase::Workload => self.workload(),
+            Phase::Workload => self.workload(None),
+            Phase::CrashPrimaryUnderLoad => {
+                let ops = self.prng.range_inclusive(5, 200);
+                self.workload(Some(ops))
+            }
             Phase::CrashPrimary => self.crash_primary(),
             Phase::CrashSecondary => {
                 let Some(primary) = self.primary else {
@@ -323,6 +355,7 @@ impl Cluster {
         self.note(format!("crash node {node} (reset {reset})"));
         self.nodes[node].replica = None;
         self.nodes[node].disk.crash();
+        self.follows_history[node] = false;
         self.network.crash(node, reset, self.now);
         if self.primary == Some(node) {
             self.primary = None;
@@ -338,8 +371,18 @@ impl Cluster {
         if self.prng.chance(2, 3) && self.nodes[secondary].replica.is_some() {
             // Usually the pair is in sync when the primary dies (the interesting failover); the
             // rest of the time it dies mid-resync or alone.
-            let _ = self.run_until(Duration::from_secs(2), |c| c.converged());
+            self.run_until(Duration::from_secs(2), |c| c.converged())?;
         }
+        self.crash_primary_now()
+    }
+
+    /// The primary dies now, with whatever it has in flight; the secondary takes over if it
+    /// was in sync.
+    fn crash_primary_now(&mut self) -> Result<(), String> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        let secondary = 1 - primary;
         // Fail over only when the secondary has everything: the primary was replicating to an
         // up-to-date secondary at the moment it died (a single failure, which S1 covers).
         let established = |s: &crate::replica::ReplicaStatus| {
@@ -355,11 +398,16 @@ impl Cluster {
             return Ok(());
         }
         // The secondary notices (reset or ping timeout), then is promoted.
-        self.run_until(Duration::from_millis(200), |c| {
+        let noticed = self.run_until(Duration::from_millis(200), |c| {
             c.status(secondary)
                 .is_some_and(|s| s.connection != ConnState::Connected)
-        })
-        .map_err(|e| format!("the secondary never noticed the primary's crash: {e}"))?;
+        })?;
+        if !noticed {
+            let state = self.describe();
+            return Err(format!(
+                "the secondary never noticed the primary's crash: {state}"
+            ));
+        }
         self.promote(secondary, false)?;
         self.primary = Some(secondary);
         self.report.failovers += 1;
@@ -420,21 +468,23 @@ impl Cluster {
             return Ok(());
         }
         self.drain_clients()?;
-        if self
-            .run_until(Duration::from_secs(5), |c| c.converged())
-            .is_err()
-        {
+        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
             return Ok(()); // Partitioned or slow: no switchover this time.
         }
         self.check_identical()?;
         self.admin(primary, AdminCommand::Demote)?
             .map_err(|r| format!("demote: {r}"))?;
         self.primary = None;
-        self.run_until(Duration::from_millis(100), |c| {
+        let heard = self.run_until(Duration::from_millis(100), |c| {
             c.status(secondary)
                 .is_some_and(|s| s.peer_role == Some(Role::Secondary))
-        })
-        .map_err(|e| format!("switchover: the demotion never reached the peer: {e}"))?;
+        })?;
+        if !heard {
+            let state = self.describe();
+            return Err(format!(
+                "switchover: the demotion never reached the peer: {state}"
+            ));
+        }
         self.promote(secondary, false)?;
         self.primary = Some(secondary);
         self.verify_primary(Check::Read)
@@ -468,8 +518,12 @@ impl Cluster {
     /// Waits until both nodes are connected, established and up to date with nothing in flight,
     /// then checks S4. Errors if that does not happen within `limit` of simulated time.
     fn converge(&mut self, limit: Duration) -> Result<(), String> {
-        self.run_until(limit, |c| c.converged())
-            .map_err(|_| format!("no convergence within {limit:?}: {}", self.describe()))?;
+        if !self.run_until(limit, |c| c.converged())? {
+            return Err(format!(
+                "no convergence within {limit:?}: {}",
+                self.describe()
+            ));
+        }
         self.check_identical()
     }
 
@@ -481,6 +535,8 @@ impl Cluster {
                     && s.disk == DiskState::UpToDate
                     && s.peer_disk == DiskState::UpToDate
                     && s.requests_in_flight == 0
+                    && s.unacked_bytes == 0
+                    && s.peer_writes_pending == 0
             })
         }) && self.pending.is_empty()
     }
@@ -512,6 +568,39 @@ impl Cluster {
                 decode_sector(&b[start..end], sector)
             ));
         }
+        // Both hold the same state: the history starts again from it.
+        self.history.rebase(&self.nodes[0].disk.visible()[..data]);
+        self.follows_history = [true; 2];
+        Ok(())
+    }
+
+    /// The node's data area as reads would see it.
+    fn image(&self, node: usize) -> &[u8] {
+        &self.nodes[node].disk.visible()[..self.layout.data_bytes as usize]
+    }
+
+    /// S2: every secondary that follows the primary holds a state of the history.
+    fn check_secondaries(&mut self) -> Result<(), String> {
+        for node in 0..2 {
+            let Some(status) = self.status(node) else {
+                continue;
+            };
+            let consistent = matches!(
+                status.disk,
+                DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent
+            );
+            if !self.follows_history[node]
+                || status.role != Role::Secondary
+                || !consistent
+                || status.replication == ReplState::SyncTarget
+            {
+                continue;
+            }
+            self.report.prefix_checks += 1;
+            let image = self.nodes[node].disk.visible()[..self.layout.data_bytes as usize].to_vec();
+            let who = format!("node {node} ({} {})", status.disk, status.replication);
+            self.history.check_prefix(&image, &who)?;
+        }
         Ok(())
     }
 
@@ -540,7 +629,8 @@ impl Cluster {
                 Some(s) => {
                     let _ = write!(
                         text,
-                        "node {node}: {} {} conn {} repl {} peer {} oos {} in flight {} ({:?}); ",
+                        "node {node}: {} {} conn {} repl {} peer {} oos {} in flight {} unacked {} \
+                         peer writes {} ({:?}); ",
                         s.role,
                         s.disk,
                         s.connection,
@@ -548,6 +638,8 @@ impl Cluster {
                         s.peer_disk,
                         s.out_of_sync_bytes,
                         s.requests_in_flight,
+                        s.unacked_bytes,
+                        s.peer_writes_pending,
                         s.connection_reason
                     );
                 }
@@ -564,6 +656,13 @@ impl Cluster {
             return Ok(());
         };
         let data_bytes = self.layout.data_bytes;
+        if check == Check::Failover {
+            // Whatever the protocol, the new primary holds one moment of the history (S2). (A
+            // node that crashed holds no such thing: unflushed writes vanish in any order.)
+            let image = self.image(primary).to_vec();
+            self.history
+                .check_prefix(&image, &format!("the new primary (node {primary})"))?;
+        }
         let mut offset = 0;
         while offset < data_bytes {
             let length = self.request_bytes_max.min(data_bytes - offset);
@@ -583,8 +682,13 @@ impl Cluster {
                         self.model.settle_volatile(sector, found);
                     }
                     Check::Failover => {
-                        self.model.check_failover(sector, found)?;
-                        self.model.settle_volatile(sector, found);
+                        // Protocol A promises a prefix only (checked above): the newest
+                        // completed writes may be missing.
+                        if self.protocol != Protocol::A {
+                            self.model.check_failover(sector, found)?;
+                        }
+                        // A promotion flushes: what the new primary holds is durable.
+                        self.model.settle(sector, found);
                     }
                     Check::AfterCrash => {
                         self.model.check_after_crash(sector, found)?;
@@ -594,17 +698,33 @@ impl Cluster {
             }
             offset += length;
         }
+        if check != Check::Read {
+            // The new primary's data is the history from here on; the other node's may not be a
+            // state of it.
+            let image = self.image(primary).to_vec();
+            self.history.rebase(&image);
+            self.follows_history[1 - primary] = false;
+        }
         Ok(())
     }
 
     // ----- client I/O -----
 
-    fn workload(&mut self) -> Result<(), String> {
+    /// Client I/O on the primary; with `crash_after`, the primary dies once that many
+    /// operations were submitted, with requests in flight.
+    fn workload(&mut self, crash_after: Option<u64>) -> Result<(), String> {
         let Some(_) = self.primary else { return Ok(()) };
         let ops = self.prng.range_inclusive(20, 300);
         let mut submitted = 0;
         for _ in 0..200_000 {
             let Some(primary) = self.primary else { break };
+            if crash_after.is_some_and(|after| submitted >= after) {
+                self.note(format!(
+                    "the primary dies with {} requests in flight",
+                    self.pending.len()
+                ));
+                return self.crash_primary_now();
+            }
             if submitted >= ops && self.pending.is_empty() {
                 break;
             }
@@ -653,8 +773,13 @@ impl Cluster {
     }
 
     fn drain_clients(&mut self) -> Result<(), String> {
-        self.run_until(Duration::from_secs(10), |c| c.pending.is_empty())
-            .map_err(|_| format!("client requests never completed: {}", self.describe()))
+        if !self.run_until(Duration::from_secs(10), |c| c.pending.is_empty())? {
+            return Err(format!(
+                "client requests never completed: {}",
+                self.describe()
+            ));
+        }
+        Ok(())
     }
 
     fn submit_random_op(&mut self, primary: usize) {
@@ -732,7 +857,7 @@ impl Cluster {
         {
             stamp_sector(sector, id, offset / SECTOR_BYTES + index as u64);
         }
-        self.model.submit_write(
+        self.model_submit(
             id,
             ModelWrite {
                 offset,
@@ -752,7 +877,7 @@ impl Cluster {
         let id = self.next_write_id;
         self.next_write_id += 1;
         let fua = self.prng.chance(1, 4);
-        self.model.submit_write(
+        self.model_submit(
             id,
             ModelWrite {
                 offset,
@@ -776,13 +901,24 @@ impl Cluster {
         }
     }
 
+    fn model_submit(&mut self, id: u64, write: ModelWrite) {
+        self.model.submit_write(id, write);
+        let first = (write.offset / SECTOR_BYTES) as usize;
+        let sectors = first..first + (write.length / SECTOR_BYTES) as usize;
+        self.history
+            .submit(id, sectors, write.content, self.model.now());
+    }
+
     fn client_completion(&mut self, completion: ClientCompletion) -> Result<(), String> {
         let tag = completion.tag.0;
         let Some(pending) = self.pending.remove(&tag) else {
             return Err(format!("completion of unknown request {tag}"));
         };
         match (pending, completion.result) {
-            (Pending::Write { id }, Ok(_)) => self.model.complete_write(id, true),
+            (Pending::Write { id }, Ok(_)) => {
+                self.model.complete_write(id, true);
+                self.history.complete(id, self.model.now());
+            }
             (
                 Pending::Read {
                     offset,
@@ -879,26 +1015,31 @@ impl Cluster {
 
     fn run_for(&mut self, duration: Duration) -> Result<(), String> {
         let until = self.now + duration.as_nanos() as u64;
-        self.run_until(duration, |c| c.now >= until).or(Ok(()))
+        self.run_until(duration, |c| c.now >= until).map(|_| ())
     }
 
-    /// Runs events until `done` holds or `limit` of simulated time passes (an `Err` that says
-    /// what was awaited and the state of both nodes).
-    fn run_until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) -> Result<(), String> {
+    /// Runs events until `done` holds (true) or `limit` of simulated time passes or nothing is
+    /// left to do (false). An `Err` is a checker's violation, never swallowed by callers.
+    fn run_until(&mut self, limit: Duration, done: impl Fn(&Self) -> bool) -> Result<bool, String> {
         let deadline = self.now + limit.as_nanos() as u64;
         for _ in 0..5_000_000 {
             if done(self) {
-                return Ok(());
+                return Ok(true);
             }
             if self.now > deadline || !self.step()? {
-                return Err(format!("not reached within {limit:?}: {}", self.describe()));
+                return Ok(false);
             }
         }
-        Err("too many steps".to_string())
+        Err("livelock: 5 000 000 events without reaching the awaited state".to_string())
     }
 
     /// Delivers the earliest event. Returns false if nothing is scheduled.
     fn step(&mut self) -> Result<bool, String> {
+        self.steps += 1;
+        if self.steps.is_multiple_of(PREFIX_CHECK_STEPS) || self.check_prefix_now {
+            self.check_prefix_now = false;
+            self.check_secondaries()?;
+        }
         self.maybe_connect();
         let mut due: Option<(u64, Source)> = None;
         let mut consider = |at: Option<u64>, source: Source| {
@@ -993,6 +1134,21 @@ impl Cluster {
                     self.nodes[node].admin.insert(id, result);
                 }
                 Output::Event(event) => {
+                    // Right after a change of state is when a replica is most likely to be
+                    // caught between two states.
+                    self.check_prefix_now |= matches!(
+                        event,
+                        Event::DiskState { .. } | Event::Replication { .. } | Event::Role { .. }
+                    );
+                    if let Event::Replication {
+                        to: ReplState::SyncTarget,
+                        ..
+                    } = event
+                    {
+                        // A resync target takes on the source's data: it follows the history
+                        // only if the source does (a primary that crashed does not).
+                        self.follows_history[node] &= self.follows_history[1 - node];
+                    }
                     let line = event.to_string();
                     if line.contains("split brain") {
                         return Err(format!("node {node}: {line}"));
@@ -1011,6 +1167,9 @@ impl Cluster {
         }
     }
 }
+
+/// Events between two S2 checks of the secondaries.
+const PREFIX_CHECK_STEPS: u64 = 61;
 
 #[derive(Clone, Copy, Debug)]
 enum Source {

@@ -24,6 +24,7 @@ pub mod disk;
 pub mod harness;
 pub mod model;
 pub mod network;
+pub mod prefix;
 
 pub use cluster::{ClusterReport, run_cluster_seed};
 pub use harness::{SeedReport, SimOptions, run_seed};

@@ -360,6 +360,11 @@ async fn admin_blocking(
 
 fn replica_config(section: &VolumeSection, node_index: usize) -> ReplicaConfig {
     let mut config = ReplicaConfig::new(&section.name, NodeId(node_index as u8));
+    config.protocol = match section.protocol {
+        crate::config::Protocol::A => engine::replica::Protocol::A,
+        crate::config::Protocol::B => engine::replica::Protocol::B,
+        crate::config::Protocol::C => engine::replica::Protocol::C,
+    };
     config.journal_memory_bytes_max = section.journal_memory.0;
     config.request_bytes_max = REQUEST_BYTES_MAX;
     config.resync_rate_bytes_per_second_max = section.resync_rate.map(|r| r.0);
