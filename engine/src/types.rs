@@ -49,7 +49,19 @@ pub struct Now {
 
 /// The position of a write in a volume's write history. Strictly increasing on a node, also across
 /// restarts: the journal persists the sequence numbers it holds.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Seq(pub u64);
 
 impl Seq {
@@ -146,5 +158,62 @@ impl ByteRange {
 impl fmt::Display for ByteRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "[{}, {})", self.offset, self.end())
+    }
+}
+
+/// A set of bytes kept as disjoint, merged ranges: overlap queries in `O(log n)`.
+#[derive(Clone, Debug, Default)]
+pub struct RangeSet {
+    /// Start → end of each disjoint range.
+    ranges: std::collections::BTreeMap<u64, u64>,
+}
+
+impl RangeSet {
+    /// Whether some byte of `range` is in the set.
+    pub fn overlaps(&self, range: ByteRange) -> bool {
+        range.length > 0
+            && self
+                .ranges
+                .range(..range.end())
+                .next_back()
+                .is_some_and(|(_, &end)| end > range.offset)
+    }
+
+    /// Adds the bytes of `range`, merging it with the ranges it touches.
+    pub fn insert(&mut self, range: ByteRange) {
+        if range.length == 0 {
+            return;
+        }
+        let (mut start, mut end) = (range.offset, range.end());
+        while let Some((&s, &e)) = self.ranges.range(..=end).next_back() {
+            if e < start {
+                break;
+            }
+            start = start.min(s);
+            end = end.max(e);
+            self.ranges.remove(&s);
+        }
+        self.ranges.insert(start, end);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ByteRange, RangeSet};
+
+    #[test]
+    fn a_range_set_answers_overlaps_like_the_list_of_its_ranges() {
+        let mut prng = crate::prng::Prng::from_seed(7);
+        let mut set = RangeSet::default();
+        let mut list: Vec<ByteRange> = Vec::new();
+        for _ in 0..2_000 {
+            let range = ByteRange::new(prng.below(1_000), 1 + prng.below(40));
+            let want = list.iter().any(|r| r.overlaps(range));
+            assert_eq!(set.overlaps(range), want, "{range} against {list:?}");
+            if prng.below(2) == 0 {
+                set.insert(range);
+                list.push(range);
+            }
+        }
     }
 }

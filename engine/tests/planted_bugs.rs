@@ -3,30 +3,32 @@
 #![cfg(feature = "sim")]
 
 use engine::replica::PlantedBug;
-use engine::sim::{SimOptions, run_seed};
+use engine::sim::{SimOptions, run_cluster_seed, run_seed};
 
-fn first_failing_seed(bug: PlantedBug) -> Option<(u64, String)> {
-    (0..200).find_map(|seed| {
-        run_seed(&SimOptions {
-            seed,
-            planted_bug: Some(bug),
-        })
-        .err()
-        .map(|message| (seed, message))
-    })
+/// Which scenario a bug shows in.
+#[derive(Clone, Copy)]
+enum Scenario {
+    Single,
+    Cluster,
 }
 
-fn assert_caught(bug: PlantedBug, expected: &str) {
-    let (seed, message) =
-        first_failing_seed(bug).expect("the planted bug is caught within 200 seeds");
+fn run(scenario: Scenario, seed: u64, planted_bug: Option<PlantedBug>) -> Result<(), String> {
+    let options = SimOptions { seed, planted_bug };
+    match scenario {
+        Scenario::Single => run_seed(&options).map(|_| ()),
+        Scenario::Cluster => run_cluster_seed(&options).map(|_| ()),
+    }
+}
+
+fn assert_caught(scenario: Scenario, bug: PlantedBug, expected: &str) {
+    let (seed, message) = (0..200)
+        .find_map(|seed| run(scenario, seed, Some(bug)).err().map(|e| (seed, e)))
+        .expect("the planted bug is caught within 200 seeds");
     assert!(
         message.contains(expected),
         "seed {seed} failed for another reason: {message}"
     );
-    let clean = run_seed(&SimOptions {
-        seed,
-        planted_bug: None,
-    });
+    let clean = run(scenario, seed, None);
     assert!(
         clean.is_ok(),
         "seed {seed} fails without the bug too: {clean:?}"
@@ -35,10 +37,19 @@ fn assert_caught(bug: PlantedBug, expected: &str) {
 
 #[test]
 fn acknowledging_a_flush_before_the_storage_flush_is_caught() {
-    assert_caught(PlantedBug::AcknowledgeFlushEarly, "S3");
+    assert_caught(Scenario::Single, PlantedBug::AcknowledgeFlushEarly, "S3");
 }
 
 #[test]
 fn evicting_an_extent_before_its_bitmap_page_is_durable_is_caught() {
-    assert_caught(PlantedBug::SkipBitmapFlushOnEviction, "clear in the bitmap");
+    assert_caught(
+        Scenario::Single,
+        PlantedBug::SkipBitmapFlushOnEviction,
+        "clear in the bitmap",
+    );
+}
+
+#[test]
+fn a_catch_up_applied_out_of_order_is_caught() {
+    assert_caught(Scenario::Cluster, PlantedBug::CatchUpUnordered, "S2");
 }

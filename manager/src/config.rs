@@ -6,6 +6,7 @@
 //! check` and the daemon agree on what is valid.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use engine::layout::LayoutParams;
@@ -56,8 +57,11 @@ pub struct ClusterSection {
 pub struct NodeSection {
     /// The node's name (the host name unless `--node` says otherwise).
     pub name: String,
-    /// Address for replication and control.
+    /// Address for replication and control: where the peer reaches this node.
     pub address: String,
+    /// Where this node listens, when the peer reaches it through another address (NAT, a port
+    /// forward, a relay); default: `address`.
+    pub bind_address: Option<String>,
     /// Heartbeat link addresses, in priority order.
     #[serde(default)]
     pub heartbeat: Vec<String>,
@@ -66,6 +70,24 @@ pub struct NodeSection {
     pub state_dir: PathBuf,
     /// The admin socket path.
     pub admin_socket: Option<PathBuf>,
+}
+
+impl NodeSection {
+    /// Where peers reach this node (validated at load).
+    pub fn ip(&self) -> IpAddr {
+        self.address
+            .parse()
+            .expect("validated when the configuration was loaded")
+    }
+
+    /// Where this node listens: `bind_address`, else `address` (validated at load).
+    pub fn listen_ip(&self) -> IpAddr {
+        self.bind_address
+            .as_deref()
+            .unwrap_or(&self.address)
+            .parse()
+            .expect("validated when the configuration was loaded")
+    }
 }
 
 /// Replication protocol: when a write completes (DESIGN §2).
@@ -211,6 +233,20 @@ impl Config {
             }
             if !names.insert(node.name.as_str()) {
                 return Err(format!("node {:?} is defined twice", node.name));
+            }
+            let addresses = [
+                ("address", Some(&node.address)),
+                ("bind_address", node.bind_address.as_ref()),
+            ];
+            for (what, value) in addresses {
+                if let Some(value) = value
+                    && value.parse::<IpAddr>().is_err()
+                {
+                    return Err(format!(
+                        "node {:?}: {what} {value:?} is not an IP address",
+                        node.name
+                    ));
+                }
             }
         }
         if self.nodes.len() != 2 {

@@ -61,8 +61,27 @@ pub struct SyncReport {
     pub eta_seconds: Option<u64>,
     /// "source" or "target".
     pub direction: String,
-    /// Bytes still out of sync.
-    pub remaining_bytes: u64,
+    /// "full", "bitmap" or "journal" (a catch-up in write order).
+    pub kind: String,
+    /// Bytes still to send (null on the target of a catch-up, which cannot know).
+    pub remaining_bytes: Option<u64>,
+}
+
+/// The journal: the writes the peer has not written yet, in write order.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct JournalReport {
+    /// Keeping records (false after an overflow, until the peer is in sync again).
+    pub active: bool,
+    /// Records held.
+    pub records: u64,
+    /// Bytes of them in memory.
+    pub memory_bytes: u64,
+    /// Bytes of the on-disk ring in use, and its size.
+    pub ring_used_bytes: u64,
+    /// Size of the on-disk ring.
+    pub ring_bytes: u64,
+    /// Overflows since the daemon started (each one hands over to a bitmap resync).
+    pub overflows: u64,
 }
 
 /// One volume on the reporting node.
@@ -84,6 +103,11 @@ pub struct VolumeReport {
     pub peer_role: Option<String>,
     /// Bytes marked out of sync with the peer.
     pub out_of_sync_bytes: u64,
+    /// Bytes written here and sent to the peer that it has not written yet (under protocol A,
+    /// how far behind it is).
+    pub unacked_bytes: u64,
+    /// The journal.
+    pub journal: JournalReport,
     /// Resync progress, while one runs.
     pub sync: Option<SyncReport>,
     /// A split brain was detected and not resolved.
@@ -155,17 +179,40 @@ impl NodeReport {
                     human_bytes(volume.out_of_sync_bytes)
                 );
             }
+            if volume.unacked_bytes > 0 {
+                let _ = writeln!(
+                    out,
+                    "  peer behind by: {} (sent, not yet written there)",
+                    human_bytes(volume.unacked_bytes)
+                );
+            }
+            let journal = &volume.journal;
+            if journal.records > 0 || journal.overflows > 0 {
+                let state = if journal.active { "" } else { ", stopped" };
+                let _ = writeln!(
+                    out,
+                    "  journal: {} records ({} in memory, {} of {} ring){state}, {} overflows",
+                    journal.records,
+                    human_bytes(journal.memory_bytes),
+                    human_bytes(journal.ring_used_bytes),
+                    human_bytes(journal.ring_bytes),
+                    journal.overflows
+                );
+            }
             if let Some(sync) = &volume.sync {
                 let eta = sync
                     .eta_seconds
                     .map_or("unknown".to_string(), |s| format!("{s} s"));
+                let to_go = sync
+                    .remaining_bytes
+                    .map_or("unknown".to_string(), human_bytes);
                 let _ = writeln!(
                     out,
-                    "  sync ({}): {:.1}% done, {}/s, {} to go, eta {eta}",
+                    "  sync ({} {}): {:.1}% done, {}/s, {to_go} to go, eta {eta}",
+                    sync.kind,
                     sync.direction,
                     sync.percent,
                     human_bytes(sync.bytes_per_second),
-                    human_bytes(sync.remaining_bytes)
                 );
             }
             if volume.split_brain {

@@ -4,8 +4,8 @@
 //! that replays it; it ends with `seeds: N, failures: F`. `sim --seed S` replays one seed and
 //! prints its report. Each seed runs two scenarios: one replica over a faulty disk, and two
 //! replicas over faulty disks and a faulty network (`--only single|cluster` runs one).
-//! `--plant-bug NAME` plants a bug (`ack-flush-early`, `skip-bitmap-flush-on-eviction`) in the
-//! single-replica scenario to show that the checkers catch it.
+//! `--plant-bug NAME` plants a bug (`ack-flush-early`, `skip-bitmap-flush-on-eviction`,
+//! `catch-up-unordered`) to show that the checkers catch it.
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use engine::sim::{SimOptions, run_cluster_seed, run_seed};
 
 fn usage() -> ExitCode {
     eprintln!(
-        "usage: sim (--seeds N [--first S] | --seed S) [--only single|cluster] [--plant-bug ack-flush-early|skip-bitmap-flush-on-eviction]"
+        "usage: sim (--seeds N [--first S] | --seed S) [--only single|cluster] [--plant-bug ack-flush-early|skip-bitmap-flush-on-eviction|catch-up-unordered]"
     );
     ExitCode::from(2)
 }
@@ -35,11 +35,11 @@ fn main() -> ExitCode {
             ("--first", Some(v)) => first = v.parse().unwrap_or(0),
             ("--seed", Some(v)) => single = v.parse::<u64>().ok(),
             ("--only", Some(v @ ("single" | "cluster"))) => only = Some(v.to_string()),
-            ("--plant-bug", Some("ack-flush-early")) => {
-                planted_bug = Some(PlantedBug::AcknowledgeFlushEarly)
-            }
-            ("--plant-bug", Some("skip-bitmap-flush-on-eviction")) => {
-                planted_bug = Some(PlantedBug::SkipBitmapFlushOnEviction);
+            ("--plant-bug", Some(name)) => {
+                let Some(bug) = PlantedBug::ALL.into_iter().find(|b| b.name() == name) else {
+                    return usage();
+                };
+                planted_bug = Some(bug);
             }
             _ => return usage(),
         }
@@ -47,15 +47,11 @@ fn main() -> ExitCode {
     }
     // Panics are reported per seed; keep the default hook from printing each one.
     std::panic::set_hook(Box::new(|_| {}));
-    let bug_flag = match planted_bug {
-        Some(PlantedBug::AcknowledgeFlushEarly) => " --plant-bug ack-flush-early",
-        Some(PlantedBug::SkipBitmapFlushOnEviction) => " --plant-bug skip-bitmap-flush-on-eviction",
-        None => "",
-    };
+    let bug_flag = planted_bug.map_or(String::new(), |bug| format!(" --plant-bug {}", bug.name()));
     let run_single = only.as_deref() != Some("cluster");
-    let run_cluster = only.as_deref() != Some("single") && planted_bug.is_none();
-    let run = |seed: u64| -> Result<[u64; 7], String> {
-        let mut totals = [0; 7];
+    let run_cluster = only.as_deref() != Some("single");
+    let run = |seed: u64| -> Result<[u64; 9], String> {
+        let mut totals = [0; 9];
         if run_single {
             let report =
                 run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
@@ -64,13 +60,16 @@ fn main() -> ExitCode {
             totals[2] += u64::from(report.journal_checks);
         }
         if run_cluster {
-            let report = run_cluster_seed(seed).map_err(|e| format!("cluster: {e}"))?;
+            let report = run_cluster_seed(&SimOptions { seed, planted_bug })
+                .map_err(|e| format!("cluster: {e}"))?;
             totals[0] += report.client_ops;
             totals[1] += u64::from(report.crashes);
             totals[3] += u64::from(report.failovers);
             totals[4] += u64::from(report.resyncs);
             totals[5] += u64::from(report.identity_checks);
             totals[6] += u64::from(report.prefix_checks);
+            totals[7] += u64::from(report.catch_ups.0);
+            totals[8] += u64::from(report.catch_ups.1);
         }
         Ok(totals)
     };
@@ -85,7 +84,7 @@ fn main() -> ExitCode {
             }
         }
         if run_cluster {
-            match run_cluster_seed(seed) {
+            match run_cluster_seed(&SimOptions { seed, planted_bug }) {
                 Ok(report) => println!("seed {seed} cluster: ok {report:?}"),
                 Err(message) => {
                     println!("seed {seed} cluster: FAILED: {message}");
@@ -98,7 +97,7 @@ fn main() -> ExitCode {
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = [0u64; 7];
+    let mut totals = [0u64; 9];
     for seed in first..first + count {
         match run(seed) {
             Ok(seed_totals) => {
@@ -123,7 +122,8 @@ fn main() -> ExitCode {
     }
     println!(
         "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
-         {} resyncs, {} identical-replica checks, {} prefix checks",
+         {} resyncs, {} identical-replica checks, {} prefix checks, {} journal catch-ups ({} \
+         finished)",
         started.elapsed().as_secs_f64(),
         totals[0],
         totals[1],
@@ -131,7 +131,9 @@ fn main() -> ExitCode {
         totals[3],
         totals[4],
         totals[5],
-        totals[6]
+        totals[6],
+        totals[7],
+        totals[8]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

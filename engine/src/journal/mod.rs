@@ -77,6 +77,18 @@ pub enum SpillAction {
     Overflow,
 }
 
+/// Where a record's payload is (see [`Journal::record`]).
+#[derive(Clone, Debug)]
+pub enum RecordData {
+    /// In memory (`None`: a trim or zeroing, which has no payload).
+    Memory(Option<IoBuf>),
+    /// Spilled: read [`RecordHeader::stored_bytes`] at this ring offset.
+    Ring {
+        /// Offset within the ring.
+        offset: u64,
+    },
+}
+
 /// The tail as the superblock records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JournalTail {
@@ -91,6 +103,9 @@ pub struct JournalTail {
 pub struct Journal {
     config: JournalConfig,
     active: bool,
+    /// Names this run of records (a fresh value at every activation or resume): a peer that
+    /// received records of this run can catch up from them.
+    id: u64,
     entries: VecDeque<Entry>,
     memory_bytes: u64,
     disk_head: u64,
@@ -127,6 +142,7 @@ impl Journal {
         Self {
             config,
             active: false,
+            id: 0,
             entries: VecDeque::new(),
             memory_bytes: 0,
             disk_head: tail.position,
@@ -163,12 +179,18 @@ impl Journal {
         self.active
     }
 
-    /// Starts keeping records, beginning with sequence number `next_seq`. Returns the tail to
-    /// persist before the first spill can use the ring.
-    pub fn activate(&mut self, next_seq: Seq) -> JournalTail {
+    /// The id of this run of records, while active.
+    pub fn id(&self) -> Option<u64> {
+        self.active.then_some(self.id)
+    }
+
+    /// Starts keeping records, beginning with sequence number `next_seq`, as run `id`. Returns
+    /// the tail to persist before the first spill can use the ring.
+    pub fn activate(&mut self, next_seq: Seq, id: u64) -> JournalTail {
         self.entries.clear();
         self.memory_bytes = 0;
         self.active = true;
+        self.id = id;
         self.next_seq = next_seq;
         self.tail()
     }
@@ -180,9 +202,10 @@ impl Journal {
             .any(|e| matches!(e.location, Location::Memory | Location::Spilling { .. }))
     }
 
-    /// Keeps recording after a clean restart, after the recovered records.
-    pub fn resume(&mut self) {
+    /// Keeps recording after a clean restart, after the recovered records, as run `id`.
+    pub fn resume(&mut self, id: u64) {
         self.active = true;
+        self.id = id;
     }
 
     /// Stops keeping records and forgets the ones held (the bitmap covers them).
@@ -398,6 +421,38 @@ impl Journal {
                 self.memory_bytes -= payload.len() as u64;
             }
         }
+    }
+
+    /// Record `seq` for sending to the peer: its header, and its payload or where it lies in
+    /// the ring (its stored bytes start there). `None` if the journal does not hold it.
+    pub fn record(&self, seq: Seq) -> Option<(RecordHeader, RecordData)> {
+        let front = self.entries.front()?.header.seq;
+        let index = usize::try_from(seq.0.checked_sub(front.0)?).ok()?;
+        let entry = self.entries.get(index)?;
+        debug_assert_eq!(entry.header.seq, seq);
+        let data = match (&entry.payload, &entry.location) {
+            (_, Location::Disk { position }) => RecordData::Ring {
+                offset: position % self.config.ring_bytes.max(1),
+            },
+            (payload, _) => RecordData::Memory(payload.clone()),
+        };
+        Some((entry.header, data))
+    }
+
+    /// Reads back a record from its stored bytes in the ring: the payload, if the bytes hold
+    /// record `header` intact.
+    pub fn decode_stored(&self, header: &RecordHeader, stored: &[u8]) -> Option<Option<IoBuf>> {
+        let found = record::decode_header(stored, self.config.instance_tag)?;
+        if found != *header {
+            return None;
+        }
+        if header.payload_bytes == 0 {
+            return Some(None);
+        }
+        let start = record::RECORD_HEADER_BYTES as usize;
+        let payload = stored.get(start..start + header.payload_bytes as usize)?;
+        (crate::codec::checksum(payload) == header.payload_checksum)
+            .then(|| Some(IoBuf::copy_from(payload)))
     }
 
     /// The records held, oldest first, with their ring offset when they are on disk.

@@ -59,7 +59,7 @@ fn records_spill_in_order_and_recover() {
         seq: Seq(10),
     };
     let mut journal = Journal::new(config(ring_bytes, 16 << 10), tail);
-    journal.activate(Seq(10));
+    journal.activate(Seq(10), 1);
     for seq in 10..40 {
         write_record(&mut journal, seq, 5000);
         let (_, overflow) = drive(&mut journal, &mut ring, false);
@@ -93,7 +93,7 @@ fn the_ring_wraps_behind_a_persisted_tail_and_recovers_across_the_wrap() {
             seq: Seq(1),
         },
     );
-    journal.activate(Seq(1));
+    journal.activate(Seq(1), 1);
     let mut last_tail = JournalTail {
         position: 0,
         seq: Seq(1),
@@ -133,7 +133,7 @@ fn a_full_ring_overflows_and_a_memory_only_journal_overflows_at_its_limit() {
             seq: Seq(1),
         },
     );
-    journal.activate(Seq(1));
+    journal.activate(Seq(1), 1);
     let mut overflowed = false;
     for seq in 1..20 {
         write_record(&mut journal, seq, 4000);
@@ -155,7 +155,7 @@ fn a_full_ring_overflows_and_a_memory_only_journal_overflows_at_its_limit() {
             seq: Seq(1),
         },
     );
-    memory_only.activate(Seq(1));
+    memory_only.activate(Seq(1), 1);
     write_record(&mut memory_only, 1, 6000);
     assert!(memory_only.poll_spill(false).is_none());
     write_record(&mut memory_only, 2, 6000);
@@ -176,7 +176,7 @@ fn a_torn_record_ends_the_journal_and_keeps_the_prefix() {
             seq: Seq(1),
         },
     );
-    journal.activate(Seq(1));
+    journal.activate(Seq(1), 1);
     for seq in 1..=5 {
         write_record(&mut journal, seq, 9000);
         drive(&mut journal, &mut ring, false);
@@ -213,7 +213,7 @@ fn a_spill_never_crosses_the_end_of_the_ring() {
             seq: Seq(1),
         },
     );
-    journal.activate(Seq(1));
+    journal.activate(Seq(1), 1);
     for seq in 1..=12u64 {
         write_record(&mut journal, seq, 4096);
         if seq % 3 == 0 {

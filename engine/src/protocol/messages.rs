@@ -73,6 +73,32 @@ pub struct PeerState {
     pub data_bytes: u64,
     /// Its bitmap granule.
     pub granule_bytes: u32,
+    /// Its journal, while active: a peer that received records of this run can catch up from
+    /// it.
+    pub journal: Option<JournalMark>,
+    /// The newest replicated write it received, and from which journal run (`None` if it
+    /// received anything since that is not in such a run, or crashed).
+    pub received: Option<ReceivedMark>,
+}
+
+/// An active journal, as the peer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalMark {
+    /// The run's id.
+    pub id: u64,
+    /// The oldest record held.
+    pub tail: Seq,
+    /// The sequence number of the next record.
+    pub head: Seq,
+}
+
+/// What a secondary has received of a primary's journal run: every record up to `seq`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedMark {
+    /// The run's id.
+    pub journal: u64,
+    /// The newest record received.
+    pub seq: Seq,
 }
 
 /// Flags of a replicated write.
@@ -575,6 +601,15 @@ mod tests {
                 out_of_sync_granules: 12,
                 data_bytes: 1 << 30,
                 granule_bytes: 4096,
+                journal: Some(JournalMark {
+                    id: 9,
+                    tail: Seq(4),
+                    head: Seq(8),
+                }),
+                received: Some(ReceivedMark {
+                    journal: 7,
+                    seq: Seq(3),
+                }),
             })),
             PeerMessage::Decision {
                 decision: SyncDecision::SourceUseBitmap,

@@ -156,6 +156,8 @@ impl Replica {
             }
         }
         self.set_role(Role::Primary);
+        // Writes from here on are this node's own: it no longer follows another's journal.
+        self.peer.received = None;
         let version = self.update_superblock(|superblock| superblock.last_role = Role::Primary);
         if forced {
             // The data now counts as the newest: the peer must hear it in a new handshake.

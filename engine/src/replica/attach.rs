@@ -254,10 +254,12 @@ impl Replica {
             return;
         }
         let job = self.attach.take().expect("attach in progress");
+        let journal_id = self.prng.next_u64();
         let (volume, report) = recover(
             job,
             &self.config.volume_name,
             self.config.journal_memory_bytes_max,
+            journal_id,
         );
         let admin_id = report.0;
         let report = report.1;
@@ -303,6 +305,7 @@ fn recover(
     job: AttachJob,
     volume_name: &str,
     journal_memory_bytes_max: u64,
+    journal_id: u64,
 ) -> (Volume, (u64, RecoveryReport)) {
     let (copy, mut superblock) = job.chosen.expect("superblock chosen");
     let layout = superblock.layout;
@@ -360,7 +363,7 @@ fn recover(
     let complete = clean && superblock.journal_complete && scan.end != ScanEnd::RingFull;
     superblock.journal_complete = complete;
     if complete {
-        journal.resume();
+        journal.resume(journal_id);
     } else {
         journal.deactivate();
     }

@@ -15,6 +15,7 @@
 
 mod admin;
 mod attach;
+mod catchup;
 mod metadata;
 mod peer;
 mod requests;
@@ -124,6 +125,26 @@ pub enum PlantedBug {
     AcknowledgeFlushEarly,
     /// Never write bitmap pages before evicting an activity-log extent.
     SkipBitmapFlushOnEviction,
+    /// Let the target of a catch-up apply the journal's records in any order.
+    CatchUpUnordered,
+}
+
+impl PlantedBug {
+    /// Every planted bug.
+    pub const ALL: [Self; 3] = [
+        Self::AcknowledgeFlushEarly,
+        Self::SkipBitmapFlushOnEviction,
+        Self::CatchUpUnordered,
+    ];
+
+    /// The name on the simulator's command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::AcknowledgeFlushEarly => "ack-flush-early",
+            Self::SkipBitmapFlushOnEviction => "skip-bitmap-flush-on-eviction",
+            Self::CatchUpUnordered => "catch-up-unordered",
+        }
+    }
 }
 
 /// Something that happens to a replica.
@@ -594,6 +615,7 @@ enum OpPurpose {
     JournalSpill,
     DetachFlush,
     PromoteFlush,
+    CatchUpRead(crate::types::Seq),
 }
 
 /// One volume on one node. See the module documentation.
@@ -777,6 +799,7 @@ impl Replica {
             OpPurpose::JournalSpill => self.journal_spill_completion(result.map(|_| ())),
             OpPurpose::DetachFlush => self.detach_flush_completion(result.map(|_| ())),
             OpPurpose::PromoteFlush => self.promote_flush_completion(result.map(|_| ())),
+            OpPurpose::CatchUpRead(seq) => self.catch_up_read_completion(seq, result),
         }
     }
 

@@ -8,9 +8,10 @@
 //! leave the connection stand-alone with the reason; the driver does not reconnect until
 //! `connect` is run again. Any other loss leaves it unconnected, and the driver reconnects.
 
+use super::resync::Resync;
 use super::{AdminCommand, Event, Output, Refusal, Replica};
 use crate::generation::{SyncDecision, SyncRule, SyncView, decide_sync};
-use crate::protocol::messages::{PeerMessage, PeerState};
+use crate::protocol::messages::{JournalMark, PeerMessage, PeerState, ReceivedMark};
 use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::types::Instant;
 
@@ -36,7 +37,11 @@ pub(super) struct Peer {
     /// Why the connection is stand-alone or was last lost.
     pub(super) reason: Option<String>,
     /// The resync in progress, as source or target.
-    pub(super) resync: Option<super::resync::Resync>,
+    pub(super) resync: Option<Resync>,
+    /// The state this node sent on this connection (decisions rest on it).
+    pub(super) sent: Option<PeerState>,
+    /// The newest write received from the primary's journal run (kept across connections).
+    pub(super) received: Option<ReceivedMark>,
     last_received: Option<Instant>,
     next_ping: Option<Instant>,
     next_ping_id: u64,
@@ -56,6 +61,7 @@ impl Replica {
             )
             && remote.role == Role::Secondary
             && !matches!(remote.disk, DiskState::Failed | DiskState::Diskless)
+            && !matches!(&self.peer.resync, Some(Resync::CatchUp(c)) if c.holds_client_writes())
     }
 
     fn local_state(&self) -> PeerState {
@@ -72,6 +78,12 @@ impl Replica {
             out_of_sync_granules: volume.bitmap.weight(),
             data_bytes: volume.layout.data_bytes,
             granule_bytes: volume.layout.params.granule_bytes,
+            journal: volume.journal.id().map(|id| JournalMark {
+                id,
+                tail: volume.journal.tail().seq,
+                head: volume.journal.next_seq(),
+            }),
+            received: self.peer.received,
         }
     }
 
@@ -129,6 +141,7 @@ impl Replica {
         self.peer.next_ping = Some(self.now.monotonic.after(self.config.ping_interval));
         self.set_conn(ConnState::Connecting, "link up");
         let state = self.local_state();
+        self.peer.sent = Some(state.clone());
         self.send(PeerMessage::State(Box::new(state)));
     }
 
@@ -150,6 +163,7 @@ impl Replica {
         }
         self.resync_lose_peer();
         self.peer.remote = None;
+        self.peer.sent = None;
         self.peer.decision = None;
         self.peer.remote_decision = None;
         self.peer.acted = false;
@@ -311,14 +325,28 @@ impl Replica {
         }
         self.peer.split_brain = false;
         self.set_conn(ConnState::Connected, format!("{decision} by rule={rule}"));
-        if decision.is_source() || decision.is_target() {
+        let bitmap_resync = matches!(
+            decision,
+            SyncDecision::SourceUseBitmap | SyncDecision::TargetUseBitmap
+        );
+        let catch_up = bitmap_resync
+            .then(|| self.catch_up_point(decision.is_source()))
+            .flatten();
+        if let Some(from) = catch_up {
+            // The peer behind can follow this node's journal (or this node the peer's) in
+            // write order instead of a bitmap resync.
+            if decision.is_source() {
+                self.begin_catch_up(from);
+            } else {
+                self.begin_catch_up_target(from);
+            }
+        } else if decision.is_source() || decision.is_target() {
             self.start_resync(decision);
         } else {
             self.set_repl(ReplState::Established, format!("{decision} by rule={rule}"));
             if decision == SyncDecision::NoSync {
                 self.confirm_up_to_date("the peer has the same data");
             }
-            self.resume_journal();
         }
     }
 
@@ -376,19 +404,33 @@ impl Replica {
         self.announce_state();
     }
 
-    /// While in sync with the peer the journal keeps every write it has not acknowledged.
-    fn resume_journal(&mut self) {
+    /// While in sync with the peer the journal keeps every write it has not acknowledged. It
+    /// starts (a new run) once nothing is out of sync and nothing the peer may lack is
+    /// outside it: no resync, no write in flight to the peer.
+    fn resume_journal(&mut self) -> bool {
         let both_in_sync = self.disk.is_consistent()
             && self
                 .peer
                 .remote
                 .as_ref()
                 .is_some_and(|r| r.disk.is_consistent());
-        let volume = self.volume.as_mut().expect("attached");
-        if !both_in_sync || volume.journal.is_active() || volume.bitmap.weight() > 0 {
-            return;
+        let quiet = self.peer.conn == ConnState::Connected
+            && self.peer.repl == ReplState::Established
+            && self.peer.resync.is_none()
+            && self.requests.unacked_is_empty();
+        let Some(volume) = self.volume.as_mut() else {
+            return false;
+        };
+        if !both_in_sync
+            || !quiet
+            || volume.journal.is_active()
+            || volume.journal_tail_persisting.is_some()
+            || volume.bitmap.weight() > 0
+        {
+            return false;
         }
-        let tail = volume.journal.activate(self.requests.next_seq());
+        let id = self.prng.next_u64();
+        let tail = volume.journal.activate(self.requests.next_seq(), id);
         let ring_bytes = volume.layout.params.journal_bytes.max(1);
         let version = self.update_superblock(|superblock| {
             superblock.journal_complete = true;
@@ -399,6 +441,9 @@ impl Replica {
             .as_mut()
             .expect("attached")
             .journal_tail_persisting = Some((version, tail));
+        // The peer learns the run's id before any write of it.
+        self.announce_state();
+        true
     }
 
     /// The journal stops: a bitmap resync now describes what the peer lacks.
@@ -436,9 +481,9 @@ impl Replica {
         }
     }
 
-    /// Moves the resync and the decision forward.
+    /// Moves the resync forward, and restarts the journal once it can hold everything.
     pub(super) fn advance_peer(&mut self) -> bool {
-        self.advance_resync()
+        self.advance_resync() | self.resume_journal()
     }
 
     /// `connect`, `disconnect`, `resync`, `invalidate`.
@@ -483,6 +528,7 @@ impl Replica {
         let volume = self.volume.as_mut().expect("attached");
         volume.bitmap.set_all();
         volume.journal.deactivate();
+        self.peer.received = None;
         self.update_superblock(|superblock| {
             superblock.generations = crate::generation::GenerationSet::default();
             superblock.disk_state = DiskState::Inconsistent;

@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 
+use super::resync::Resync;
 use super::{
     ClientCompletion, ClientOp, ClientRequest, Event, OpPurpose, Output, PlantedBug, Protocol,
     Replica, StorageOp,
@@ -24,9 +25,9 @@ use super::{
 use crate::buffer::IoBuf;
 use crate::codec::checksum;
 use crate::journal::record::{RecordHeader, RecordKind};
-use crate::protocol::messages::{PeerMessage, WriteFlags};
+use crate::protocol::messages::{PeerMessage, ReceivedMark, WriteFlags};
 use crate::state::{ConnState, DiskState, Role};
-use crate::types::{ByteRange, Errno, RequestTag, SECTOR_BYTES, Seq};
+use crate::types::{ByteRange, Errno, RangeSet, RequestTag, SECTOR_BYTES, Seq};
 
 /// The replica's name for a write it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -174,6 +175,27 @@ impl Requests {
         self.unacked_bytes
     }
 
+    /// Whether no write sent to the peer awaits its acknowledgement.
+    pub(super) fn unacked_is_empty(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
+    /// Whether a write sent to the peer before `seq` awaits its acknowledgement.
+    pub(super) fn unacked_before(&self, seq: Seq) -> bool {
+        self.unacked.range(..seq).next().is_some()
+    }
+
+    /// A journal record sent to the peer by a catch-up awaits its acknowledgement.
+    pub(super) fn register_unacked(&mut self, seq: Seq, range: ByteRange) {
+        let unacked = Unacked {
+            range,
+            extents: 0..0,
+            completion: None,
+        };
+        self.unacked.insert(seq, unacked);
+        self.unacked_bytes += range.length;
+    }
+
     /// Writes received from the primary and not yet written here.
     pub(super) fn peer_writes_pending_count(&self) -> u64 {
         self.peer_incomplete.len() as u64
@@ -191,15 +213,6 @@ impl Requests {
             Some(seq) => self.peer_incomplete.range(..=seq).next().is_some(),
             None => !self.peer_incomplete.is_empty(),
         }
-    }
-
-    fn overlaps_earlier(&self, position: usize, range: ByteRange) -> bool {
-        self.issued_overlaps(range)
-            || self
-                .queued
-                .iter()
-                .take(position)
-                .any(|id| self.writes[id].range.overlaps(range))
     }
 }
 
@@ -375,6 +388,17 @@ impl Replica {
         // The stream is ordered: the last write received is the newest (a new primary starts
         // its own numbering).
         self.requests.peer_received_seq = seq;
+        // What a catch-up after a disconnect would start from.
+        self.peer.received = self
+            .peer
+            .remote
+            .as_ref()
+            .and_then(|remote| remote.journal)
+            .map(|journal| ReceivedMark {
+                journal: journal.id,
+                seq,
+            });
+        self.catch_up_target_received(range.length);
         if flags.receipt {
             self.send(PeerMessage::Received { seq });
         }
@@ -461,10 +485,33 @@ impl Replica {
         if self.disk == DiskState::Failed {
             return progress;
         }
+        // One pass, linear in the queue (a catch-up can queue thousands of peer writes): the
+        // ranges of the writes that stay queued block later overlapping ones, and once a peer
+        // write waits for an earlier one, all later peer writes wait too (at most longer than
+        // their own `after` asks: they only ever wait for earlier writes, so nothing deadlocks).
+        let mut staying = RangeSet::default();
+        let mut peer_order_blocked = false;
         let mut position = 0;
         while position < self.requests.queued.len() {
             let id = self.requests.queued[position];
-            if !self.write_may_issue(id, position) {
+            let write = &self.requests.writes[&id];
+            let (range, origin) = (write.range, write.origin);
+            let may_issue = match origin {
+                Origin::Peer { after, .. } => {
+                    peer_order_blocked = peer_order_blocked
+                        || self
+                            .requests
+                            .peer_incomplete
+                            .range(..=after)
+                            .next()
+                            .is_some();
+                    !peer_order_blocked
+                }
+                Origin::Client { .. } | Origin::Resync => true,
+            } && !staying.overlaps(range)
+                && self.write_may_issue(id);
+            if !may_issue {
+                staying.insert(range);
                 position += 1;
                 continue;
             }
@@ -475,10 +522,11 @@ impl Replica {
         progress
     }
 
-    fn write_may_issue(&mut self, id: WriteId, position: usize) -> bool {
+    /// The gates of a queued write that no earlier queued write holds (see `advance_writes`).
+    fn write_may_issue(&mut self, id: WriteId) -> bool {
         let write = &self.requests.writes[&id];
         let (range, extents, origin) = (write.range, write.extents.clone(), write.origin);
-        if self.requests.overlaps_earlier(position, range) || self.resync_reading_overlaps(range) {
+        if self.requests.issued_overlaps(range) || self.resync_reading_overlaps(range) {
             return false;
         }
         let volume = self.volume.as_ref().expect("attached");
@@ -489,17 +537,7 @@ impl Replica {
             return false;
         }
         match origin {
-            Origin::Peer { after, .. } => {
-                if self
-                    .requests
-                    .peer_incomplete
-                    .range(..=after)
-                    .next()
-                    .is_some()
-                {
-                    return false;
-                }
-            }
+            Origin::Peer { .. } => {}
             Origin::Client { .. } if self.peer.conn == ConnState::Connecting => {
                 // The handshake is under way: the state this node sent counts every write
                 // issued so far, and the decision rests on it. A write issued now would be in
@@ -648,14 +686,21 @@ impl Replica {
             volume.activity_log.release(extent);
         }
         // The journal keeps what the peer has not written: everything below the oldest write
-        // still unacknowledged is now on the peer.
+        // still unacknowledged (or not yet sent by a catch-up) is now on the peer.
         let oldest = self.requests.unacked.keys().next().copied();
-        let written = Seq(oldest.unwrap_or(self.requests.next_seq).0.saturating_sub(1));
+        let unsent = match &self.peer.resync {
+            Some(Resync::CatchUp(catch_up)) => catch_up.unsent(),
+            _ => None,
+        };
+        let needed = [oldest, unsent].into_iter().flatten().min();
+        let written = Seq(needed.unwrap_or(self.requests.next_seq).0.saturating_sub(1));
         volume.journal.acknowledge_through(written);
-        // The peer's storage failed: the write is only here from now on.
+        // The peer's storage failed: the write is only here from now on, and the journal no
+        // longer holds everything the peer lacks.
         let gate = if ok {
             0
         } else {
+            self.drop_journal();
             self.mark_out_of_sync(unacked.range)
         };
         // Protocol C completes the write now. (Under B the receipt came before this ack, since
@@ -691,6 +736,12 @@ impl Replica {
     pub(super) fn writes_lose_peer(&mut self) {
         let unacked = std::mem::take(&mut self.requests.unacked);
         self.requests.unacked_bytes = 0;
+        // A write the peer may lack that the journal does not hold (sent before the journal
+        // started): the journal can no longer bring the peer up to date.
+        let journal = &self.volume.as_ref().expect("attached").journal;
+        if unacked.keys().any(|seq| journal.record(*seq).is_none()) {
+            self.drop_journal();
+        }
         let mut gate = 0;
         for entry in unacked.values() {
             gate = gate.max(self.mark_out_of_sync(entry.range));
@@ -719,7 +770,7 @@ impl Replica {
 
     /// Bytes of replicated writes the peer may not have written yet before client writes wait.
     /// Under protocol A the journal holds them, so the window is its capacity.
-    fn replication_window_bytes(&self) -> u64 {
+    pub(super) fn replication_window_bytes(&self) -> u64 {
         let window = self.config.replication_window_bytes;
         if self.config.protocol != Protocol::A {
             return window;

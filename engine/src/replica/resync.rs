@@ -38,14 +38,17 @@ const RATE_WINDOW_SECONDS: u64 = 5;
 pub struct SyncProgress {
     /// "source" or "target".
     pub direction: &'static str,
-    /// Percent of the granules out of sync at the start that are in sync now.
+    /// "full" (every granule), "bitmap" (the granules either side marked) or "journal" (a
+    /// catch-up: the journal's records in write order).
+    pub kind: &'static str,
+    /// Percent done: of the granules out of sync at the start, or of the journal records.
     pub percent: f64,
     /// Recent throughput.
     pub bytes_per_second: u64,
     /// Estimated seconds to go, when the rate is known.
     pub eta_seconds: Option<u64>,
-    /// Bytes still out of sync.
-    pub remaining_bytes: u64,
+    /// Bytes still to send (unknown to the target of a catch-up).
+    pub remaining_bytes: Option<u64>,
     /// A full sync (every granule).
     pub full: bool,
 }
@@ -55,21 +58,16 @@ pub struct SyncProgress {
 pub(super) enum Resync {
     Source(Source),
     Target(Target),
+    /// The source of a catch-up from the journal (its target is a [`Target`] too).
+    CatchUp(super::catchup::CatchUp),
 }
 
 impl Resync {
     /// The replication state it stands for.
     pub(super) fn repl_state(&self) -> ReplState {
         match self {
-            Self::Source(_) => ReplState::SyncSource,
+            Self::Source(_) | Self::CatchUp(_) => ReplState::SyncSource,
             Self::Target(_) => ReplState::SyncTarget,
-        }
-    }
-
-    fn progress(&self) -> &Progress {
-        match self {
-            Self::Source(source) => &source.progress,
-            Self::Target(target) => &target.progress,
         }
     }
 }
@@ -101,6 +99,9 @@ pub(super) struct Target {
     /// How far finishing has come.
     finishing: Finishing,
     progress: Progress,
+    /// A catch-up from the source's journal: the last record this node had, and the source's
+    /// journal head, at the start.
+    catch_up: Option<(Seq, Seq)>,
 }
 
 /// The target's last steps: resync data durable (a storage flush), then the superblock that
@@ -114,21 +115,21 @@ enum Finishing {
 }
 
 #[derive(Debug)]
-struct Progress {
+pub(super) struct Progress {
     initial_granules: u64,
     /// (when, bytes) of recent acknowledged chunks.
     samples: VecDeque<(Instant, u64)>,
 }
 
 impl Progress {
-    fn new(initial_granules: u64) -> Self {
+    pub(super) fn new(initial_granules: u64) -> Self {
         Self {
             initial_granules,
             samples: VecDeque::new(),
         }
     }
 
-    fn add(&mut self, now: Instant, bytes: u64) {
+    pub(super) fn add(&mut self, now: Instant, bytes: u64) {
         self.samples.push_back((now, bytes));
         let horizon = std::time::Duration::from_secs(RATE_WINDOW_SECONDS);
         while self
@@ -140,7 +141,7 @@ impl Progress {
         }
     }
 
-    fn bytes_per_second(&self, now: Instant) -> u64 {
+    pub(super) fn bytes_per_second(&self, now: Instant) -> u64 {
         let Some((first, _)) = self.samples.front() else {
             return 0;
         };
@@ -206,7 +207,10 @@ impl Replica {
             done: None,
             finishing: Finishing::NotYet,
             progress: Progress::new(initial),
+            catch_up: None,
         }));
+        // Resync data is not part of any journal run: no catch-up can start from here.
+        self.peer.received = None;
         if !full {
             self.send_bitmap();
         }
@@ -216,6 +220,45 @@ impl Replica {
             format!("{how}: {initial} granules to receive"),
         );
         self.announce_state();
+    }
+
+    /// Becomes the target of a catch-up from the peer's journal, which starts after record
+    /// `from`: consistent but behind (`outdated`, recorded durably) until it ends.
+    pub(super) fn begin_catch_up_target(&mut self, from: Seq) {
+        let head = self
+            .peer
+            .remote
+            .as_ref()
+            .and_then(|r| r.journal)
+            .map_or(from.next(), |j| j.head);
+        let version =
+            self.update_superblock(|superblock| superblock.disk_state = DiskState::Outdated);
+        self.requests.raise_superblock_gate(version);
+        self.set_disk_state(DiskState::Outdated, "catching up from the peer's journal");
+        self.peer.resync = Some(Resync::Target(Target {
+            full: false,
+            waiting_for_bitmap: false,
+            done: None,
+            finishing: Finishing::NotYet,
+            progress: Progress::new(0),
+            catch_up: Some((from, head)),
+        }));
+        let records = head.0.saturating_sub(from.next().0);
+        self.set_repl(
+            ReplState::SyncTarget,
+            format!("catch-up from the peer's journal: {records} records to receive, in order"),
+        );
+        self.announce_state();
+    }
+
+    /// A replicated write arrived: during a catch-up it counts as progress.
+    pub(super) fn catch_up_target_received(&mut self, bytes: u64) {
+        let now = self.now.monotonic;
+        if let Some(Resync::Target(target)) = &mut self.peer.resync
+            && target.catch_up.is_some()
+        {
+            target.progress.add(now, bytes);
+        }
     }
 
     /// Sends the set granules of the bitmap, in chunks.
@@ -251,7 +294,9 @@ impl Replica {
         let waiting = match &mut self.peer.resync {
             Some(Resync::Source(source)) => &mut source.waiting_for_bitmap,
             Some(Resync::Target(target)) => &mut target.waiting_for_bitmap,
-            None => return Err("a bitmap outside a resync".to_string()),
+            Some(Resync::CatchUp(_)) | None => {
+                return Err("a bitmap outside a bitmap resync".to_string());
+            }
         };
         if !*waiting {
             return Err("a bitmap after the last chunk".to_string());
@@ -275,7 +320,7 @@ impl Replica {
             match &mut self.peer.resync {
                 Some(Resync::Source(source)) => source.progress.initial_granules = weight,
                 Some(Resync::Target(target)) => target.progress.initial_granules = weight,
-                None => {}
+                Some(Resync::CatchUp(_)) | None => {}
             }
         }
         Ok(())
@@ -332,6 +377,7 @@ impl Replica {
         match &self.peer.resync {
             Some(Resync::Source(_)) => self.advance_source(),
             Some(Resync::Target(_)) => self.advance_target(),
+            Some(Resync::CatchUp(_)) => self.advance_catch_up(),
             None => false,
         }
     }
@@ -650,6 +696,7 @@ impl Replica {
     pub(super) fn resync_done_acknowledged(&mut self) -> Result<(), String> {
         match &self.peer.resync {
             Some(Resync::Source(source)) if source.done_sent => {}
+            Some(Resync::CatchUp(catch_up)) if catch_up.done_sent => {}
             _ => return Err("an unexpected resync-done ack".to_string()),
         }
         self.peer.resync = None;
@@ -673,25 +720,41 @@ impl Replica {
     pub(super) fn sync_progress(&self) -> Option<SyncProgress> {
         let resync = self.peer.resync.as_ref()?;
         let volume = self.volume.as_ref()?;
-        let progress = resync.progress();
+        let now = self.now.monotonic;
+        let (direction, full, progress) = match resync {
+            Resync::CatchUp(catch_up) => return Some(self.catch_up_progress(catch_up)),
+            Resync::Source(source) => ("source", source.full, &source.progress),
+            Resync::Target(target) => {
+                if let Some((start, head)) = target.catch_up {
+                    // The source's journal head at the start tells how many records come.
+                    let received = self.requests.peer_received_seq().0.max(start.0);
+                    let total = head.0.saturating_sub(start.0).max(1);
+                    let done = (received - start.0).min(total);
+                    return Some(SyncProgress {
+                        direction: "target",
+                        kind: "journal",
+                        percent: 100.0 * done as f64 / total as f64,
+                        bytes_per_second: target.progress.bytes_per_second(now),
+                        eta_seconds: None,
+                        remaining_bytes: None,
+                        full: false,
+                    });
+                }
+                ("target", target.full, &target.progress)
+            }
+        };
         let remaining = volume.bitmap.weight();
         let initial = progress.initial_granules.max(remaining).max(1);
         let granule = volume.bitmap.granule_bytes();
         let remaining_bytes = (remaining * granule).min(volume.layout.data_bytes);
-        let rate = progress.bytes_per_second(self.now.monotonic);
-        let full = match resync {
-            Resync::Source(source) => source.full,
-            Resync::Target(target) => target.full,
-        };
+        let rate = progress.bytes_per_second(now);
         Some(SyncProgress {
-            direction: match resync {
-                Resync::Source(_) => "source",
-                Resync::Target(_) => "target",
-            },
+            direction,
+            kind: if full { "full" } else { "bitmap" },
             percent: 100.0 * (initial - remaining) as f64 / initial as f64,
             bytes_per_second: rate,
             eta_seconds: (rate > 0).then(|| remaining_bytes / rate),
-            remaining_bytes,
+            remaining_bytes: Some(remaining_bytes),
             full,
         })
     }

@@ -21,6 +21,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::disk::{DiskFaults, SimDisk};
+use super::harness::SimOptions;
 use super::model::{Model, ModelWrite, SectorContent, decode_sector, stamp_sector};
 use super::network::{Delivery, NetworkTiming, SimNetwork};
 use super::prefix::History;
@@ -53,14 +54,25 @@ pub struct ClusterReport {
     pub identity_checks: u32,
     /// Times S2 (a secondary holds a prefix of the history) was checked.
     pub prefix_checks: u32,
+    /// Catch-ups from the journal started, and finished (the target up to date).
+    pub catch_ups: (u32, u32),
     /// Messages delivered.
     pub messages: u64,
 }
 
 /// Runs the two-node scenario of one seed.
-pub fn run_cluster_seed(seed: u64) -> Result<ClusterReport, String> {
+pub fn run_cluster_seed(options: &SimOptions) -> Result<ClusterReport, String> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut cluster = Cluster::new(seed);
+        let mut cluster = Cluster::new(options.seed);
+        #[cfg(feature = "sim")]
+        for config in &mut cluster.configs {
+            config.planted_bug = options.planted_bug;
+        }
+        #[cfg(not(feature = "sim"))]
+        assert!(
+            options.planted_bug.is_none(),
+            "planting bugs needs the sim feature"
+        );
         let result = cluster.run();
         result.map_err(|message| format!("{message}\n{}", cluster.trace_text()))
     }));
@@ -589,11 +601,9 @@ impl Cluster {
                 status.disk,
                 DiskState::UpToDate | DiskState::Outdated | DiskState::Consistent
             );
-            if !self.follows_history[node]
-                || status.role != Role::Secondary
-                || !consistent
-                || status.replication == ReplState::SyncTarget
-            {
+            // A catch-up target is `outdated` and checked; a bitmap resync target is
+            // `inconsistent` and is not.
+            if !self.follows_history[node] || status.role != Role::Secondary || !consistent {
                 continue;
             }
             self.report.prefix_checks += 1;
@@ -1155,6 +1165,12 @@ impl Cluster {
                     }
                     if line.starts_with("replication sync_target -> established") {
                         self.report.resyncs += 1;
+                    }
+                    if line.starts_with("replication off -> sync_source: catch-up") {
+                        self.report.catch_ups.0 += 1;
+                    }
+                    if line.starts_with("disk outdated -> up_to_date: resync finished") {
+                        self.report.catch_ups.1 += 1;
                     }
                     self.note(format!("node {node}: {line}"));
                 }

@@ -1,6 +1,6 @@
 //! One volume on this node: the engine's volume, its link to the peer, its frontend.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use engine::replica::{AdminCommand, ReplicaConfig, ReplicaStatus};
@@ -12,7 +12,7 @@ use ublk_target::nbd::{self, BlockBackend, ExportRegistry, ExportState, NbdLimit
 
 use super::link::{self, LinkEnd, LinkTotals};
 use crate::config::{Compression, Config, Frontend, VolumeSection};
-use crate::status::{SyncReport, VolumeReport};
+use crate::status::{JournalReport, SyncReport, VolumeReport};
 
 /// The engine's largest client request, and the NBD server's.
 const REQUEST_BYTES_MAX: u64 = 32 << 20;
@@ -118,25 +118,14 @@ impl VolumeService {
     ) {
         let section = &self.section;
         let peer_index = 1 - node_index;
-        let address = |index: usize| -> Result<IpAddr, String> {
-            config.nodes[index].address.parse().map_err(|_| {
-                format!(
-                    "node address {:?} is not an IP address",
-                    config.nodes[index].address
-                )
-            })
-        };
         let end = if node_index < peer_index {
-            address(peer_index).map(|ip| LinkEnd::Connect(SocketAddr::new(ip, section.port)))
+            let ip = config.nodes[peer_index].ip();
+            Ok(LinkEnd::Connect(SocketAddr::new(ip, section.port)))
         } else {
-            match address(node_index) {
-                Ok(ip) => {
-                    match tokio::net::TcpListener::bind(SocketAddr::new(ip, section.port)).await {
-                        Ok(listener) => Ok(LinkEnd::Accept(listener)),
-                        Err(e) => Err(format!("cannot listen on {ip}:{}: {e}", section.port)),
-                    }
-                }
-                Err(e) => Err(e),
+            let ip = config.nodes[node_index].listen_ip();
+            match tokio::net::TcpListener::bind(SocketAddr::new(ip, section.port)).await {
+                Ok(listener) => Ok(LinkEnd::Accept(listener)),
+                Err(e) => Err(format!("cannot listen on {ip}:{}: {e}", section.port)),
             }
         };
         let end = match end {
@@ -172,31 +161,25 @@ impl VolumeService {
             ),
             Frontend::Nbd => match section.nbd_port {
                 None => Some("frontend nbd needs nbd_port".to_string()),
-                Some(port) => match node.address.parse::<IpAddr>() {
-                    Err(_) => Some(format!(
-                        "node address {:?} is not an IP address",
-                        node.address
-                    )),
-                    Ok(ip) => {
-                        match tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await {
-                            Err(e) => Some(format!("cannot listen for NBD on {ip}:{port}: {e}")),
-                            Ok(listener) => {
-                                let limits = NbdLimits {
-                                    connections_max: 16,
-                                    requests_in_flight_per_connection: 128,
-                                    request_bytes_max: REQUEST_BYTES_MAX as u32,
-                                    ..NbdLimits::default()
-                                };
-                                let exports = Arc::clone(&self.exports);
-                                self.tasks
-                                    .push(tokio::spawn(nbd::serve(listener, exports, limits)));
-                                self.nbd_device =
-                                    Some(format!("nbd://{ip}:{port}/{}", section.name));
-                                None
-                            }
+                Some(port) => {
+                    let ip = node.listen_ip();
+                    match tokio::net::TcpListener::bind(SocketAddr::new(ip, port)).await {
+                        Err(e) => Some(format!("cannot listen for NBD on {ip}:{port}: {e}")),
+                        Ok(listener) => {
+                            let limits = NbdLimits {
+                                connections_max: 16,
+                                requests_in_flight_per_connection: 128,
+                                request_bytes_max: REQUEST_BYTES_MAX as u32,
+                                ..NbdLimits::default()
+                            };
+                            let exports = Arc::clone(&self.exports);
+                            self.tasks
+                                .push(tokio::spawn(nbd::serve(listener, exports, limits)));
+                            self.nbd_device = Some(format!("nbd://{ip}:{port}/{}", section.name));
+                            None
                         }
                     }
-                },
+                }
             },
         };
         if let Some(error) = &error {
@@ -303,8 +286,18 @@ impl VolumeService {
                 bytes_per_second: s.bytes_per_second,
                 eta_seconds: s.eta_seconds,
                 direction: s.direction.to_string(),
+                kind: s.kind.to_string(),
                 remaining_bytes: s.remaining_bytes,
             }),
+            unacked_bytes: status.unacked_bytes,
+            journal: JournalReport {
+                active: status.journal.active,
+                records: status.journal.records,
+                memory_bytes: status.journal.memory_bytes,
+                ring_used_bytes: status.journal.ring_used_bytes,
+                ring_bytes: status.journal.ring_bytes,
+                overflows: status.journal.overflows,
+            },
             split_brain: status.split_brain,
             device: if serving {
                 self.nbd_device.clone()

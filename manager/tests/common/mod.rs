@@ -2,6 +2,9 @@
 //! key, processes that are killed when the test ends, and bounded waits on real conditions.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod nbd;
+pub mod proxy;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -99,6 +102,15 @@ impl Cluster {
         let path = self.dir.join(format!("{name}-tandem.toml"));
         std::fs::write(&path, text).expect("config copy");
         self.own_configs.push((name.to_string(), path));
+    }
+
+    /// Adds `line` to the `[[node]]` section of `name`.
+    pub fn set_node_option(&mut self, name: &str, line: &str) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let anchor = format!("name = \"{name}\"\n");
+        assert!(text.contains(&anchor), "node {name} in the configuration");
+        let text = text.replacen(&anchor, &format!("{anchor}{line}\n"), 1);
+        std::fs::write(&self.config, text).expect("config");
     }
 
     fn config_of(&self, name: &str) -> &Path {

@@ -133,6 +133,7 @@ fn holds(state: &VolumeReport, condition: Condition) -> bool {
                 && state.replication == "established"
                 && state.disk == "up_to_date"
                 && state.peer_disk == "up_to_date"
+                && state.unacked_bytes == 0
         }
         Condition::Primary => state.role == "primary",
     }
