@@ -1,5 +1,15 @@
 //! The benchmark harness (`tandem-bench`). Every measurement runs the physical limit and tandem
 //! in the same run and reports their ratio: absolute numbers on a shared machine are noise.
 
+pub mod ceiling;
+pub mod data;
+pub mod linkonly;
+pub mod load;
 pub mod local;
+pub mod nbd;
+pub mod pair;
+pub mod pump;
+pub mod replicated;
+pub mod report;
+pub mod stages;
 pub mod stats;

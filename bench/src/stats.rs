@@ -32,6 +32,18 @@ impl RunStats {
         }
     }
 
+    /// Runs one after the other as one: operations, bytes, time and latencies added up.
+    pub fn concat(runs: &[Self]) -> Self {
+        Self::new(
+            runs.iter().map(|r| r.operations).sum(),
+            runs.iter().map(|r| r.bytes).sum(),
+            runs.iter().map(|r| r.elapsed).sum(),
+            runs.iter()
+                .flat_map(|r| r.latencies.iter().copied())
+                .collect(),
+        )
+    }
+
     /// Megabytes (10^6) per second.
     pub fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6

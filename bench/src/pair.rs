@@ -1,0 +1,315 @@
+//! Two nodes of a replicated volume in one process, linked over 127.0.0.1 as two daemons would
+//! be: each node has its own backing file and metadata, its own [`LocalVolume`] and its own
+//! async runtime (two workers, like the daemon's), and the link is a real
+//! [`link::connect`]/[`link::accept`] pair (Noise handshake, AES-256-GCM records, the configured
+//! compression), pumped by [`crate::pump::session`].
+//!
+//! Both metadata copies are created `InSync` in the same generation, so the nodes connect with
+//! the rule `reconnected` and need no initial sync; the first node connects (as the node listed
+//! first in the configuration does) and is promoted.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use engine::format::InitialData;
+use engine::generation::Generation;
+use engine::layout::LayoutParams;
+use engine::protocol::compress::Compression;
+use engine::replica::{AdminCommand, Protocol, ReplicaConfig};
+use engine::runtime::link::{self, Hello, LinkConfig, LinkCounters, LinkTraffic};
+use engine::runtime::{LocalVolume, RuntimeOptions, VolumeHandle, metadata, os_random_u64};
+use engine::state::{ConnState, ReplState};
+use engine::types::NodeId;
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::pump;
+
+/// The volume's name on both nodes.
+pub const VOLUME_NAME: &str = "bench";
+
+/// The largest client request, as the daemon configures it.
+const REQUEST_BYTES_MAX: u64 = 32 << 20;
+
+/// How long connecting and reaching `established` may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a session may take to end once told to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The names of the two nodes; the first is the primary.
+const NODE_NAMES: [&str; 2] = ["alpha", "beta"];
+
+/// What a pair is made of.
+#[derive(Clone, Debug)]
+pub struct PairConfig {
+    /// The backing files of the primary and the secondary.
+    pub files: [PathBuf; 2],
+    /// How each node compresses what it sends.
+    pub compression: Compression,
+}
+
+/// One node's session task and the means to stop it.
+struct Session {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<String>,
+}
+
+/// A connected pair, the first node primary.
+pub struct Pair {
+    /// Primary, secondary. Declared before the runtimes so that on an early drop the volumes
+    /// stop first and the link tasks see them gone.
+    volumes: [LocalVolume; 2],
+    sessions: Vec<(usize, Session)>,
+    runtimes: [Runtime; 2],
+    counters: Arc<LinkCounters>,
+}
+
+impl std::fmt::Debug for Pair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pair")
+            .field("volumes", &self.volumes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pair {
+    /// Formats both backing files in one generation, opens both nodes, links them and promotes
+    /// the first. Returns once the link is `established` and the primary serves writes.
+    pub fn start(config: &PairConfig) -> anyhow::Result<Self> {
+        let generation = Generation(os_random_u64() | 1);
+        for file in &config.files {
+            metadata::create(
+                file,
+                VOLUME_NAME,
+                LayoutParams::default(),
+                InitialData::InSync { generation },
+                true,
+            )
+            .with_context(|| format!("creating metadata on {}", file.display()))?;
+        }
+        let volumes = [
+            open_node(&config.files[0], 0)?,
+            open_node(&config.files[1], 1)?,
+        ];
+        for volume in &volumes {
+            admin(&volume.handle(), AdminCommand::Connect)?;
+        }
+        let runtimes = [runtime("primary-async")?, runtime("secondary-async")?];
+        let key = random_key();
+        let configs = NODE_NAMES.map(|node| {
+            let mut link_config = LinkConfig::new(key, Hello::new("bench", node, VOLUME_NAME));
+            link_config.compression = config.compression;
+            link_config
+        });
+        let [primary_config, secondary_config] = configs;
+        let (address, accepting) = accept_one(&runtimes[1], &volumes[1], secondary_config)?;
+        let (connecting, counters) =
+            connect_one(&runtimes[0], &volumes[0], address, &primary_config)?;
+        let pair = Self {
+            volumes,
+            sessions: vec![(0, connecting), (1, accepting)],
+            runtimes,
+            counters,
+        };
+        pair.wait_established()?;
+        admin(&pair.primary(), AdminCommand::Promote { force: false })?;
+        Ok(pair)
+    }
+
+    /// The primary's handle: where clients write.
+    pub fn primary(&self) -> VolumeHandle {
+        self.volumes[0].handle()
+    }
+
+    /// The primary's async runtime (the daemon runs its frontend there too).
+    pub fn primary_runtime(&self) -> &Runtime {
+        &self.runtimes[0]
+    }
+
+    /// The link's traffic so far, as the primary counts it.
+    pub fn traffic(&self) -> LinkTraffic {
+        self.counters.snapshot()
+    }
+
+    /// Fails if the link went down or either node left `established`: a run during which that
+    /// happened measured local writes, not replication.
+    pub fn check_replicating(&self) -> anyhow::Result<()> {
+        for (node, session) in &self.sessions {
+            anyhow::ensure!(
+                !session.task.is_finished(),
+                "the link session of {} ended during the run",
+                NODE_NAMES[*node]
+            );
+        }
+        for (node, volume) in self.volumes.iter().enumerate() {
+            let status = volume.handle().status();
+            anyhow::ensure!(
+                status.connection == ConnState::Connected
+                    && status.replication == ReplState::Established,
+                "{} is {} / {} ({})",
+                NODE_NAMES[node],
+                status.connection,
+                status.replication,
+                status.connection_reason.unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the link, then detaches both volumes cleanly.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        for (node, session) in self.sessions.drain(..) {
+            let _ = session.stop.send(());
+            let runtime = &self.runtimes[node];
+            // The timer must be created inside the runtime.
+            let ended =
+                runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, session.task).await });
+            match ended {
+                Ok(Ok(_reason)) => {}
+                Ok(Err(join)) => anyhow::bail!("{}: link task failed: {join}", NODE_NAMES[node]),
+                Err(_) => anyhow::bail!("{}: the link did not stop", NODE_NAMES[node]),
+            }
+        }
+        let Self {
+            volumes, runtimes, ..
+        } = self;
+        for (node, volume) in volumes.into_iter().enumerate() {
+            volume
+                .close()
+                .map_err(|refusal| anyhow::anyhow!("closing {}: {refusal}", NODE_NAMES[node]))?;
+        }
+        for runtime in runtimes {
+            runtime.shutdown_timeout(STOP_TIMEOUT);
+        }
+        Ok(())
+    }
+
+    fn wait_established(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            if let Some((node, _)) = self.sessions.iter().find(|(_, s)| s.task.is_finished()) {
+                anyhow::bail!("the link of {} ended while connecting", NODE_NAMES[*node]);
+            }
+            let established = self.volumes.iter().all(|volume| {
+                let status = volume.handle().status();
+                status.connection == ConnState::Connected
+                    && status.replication == ReplState::Established
+            });
+            if established {
+                return Ok(());
+            }
+            if started.elapsed() > CONNECT_TIMEOUT {
+                let status = self.primary().status();
+                anyhow::bail!(
+                    "not established after {CONNECT_TIMEOUT:?}: the primary is {} / {} ({})",
+                    status.connection,
+                    status.replication,
+                    status.connection_reason.unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// Opens one node's volume as the daemon does (default runtime options, 32 MiB requests),
+/// with protocol C.
+fn open_node(file: &Path, node: u8) -> anyhow::Result<LocalVolume> {
+    let mut config = ReplicaConfig::new(VOLUME_NAME, NodeId(node));
+    config.protocol = Protocol::C;
+    config.request_bytes_max = REQUEST_BYTES_MAX;
+    LocalVolume::open(file, config, RuntimeOptions::default())
+        .with_context(|| format!("opening {}", file.display()))
+}
+
+fn admin(handle: &VolumeHandle, command: AdminCommand) -> anyhow::Result<()> {
+    let what = format!("{command:?}");
+    handle
+        .admin(command)
+        .map_err(|refusal| anyhow::anyhow!("{what}: {refusal}"))
+}
+
+/// An async runtime like the daemon's: two workers, all drivers.
+pub(crate) fn runtime(thread_name: &str) -> anyhow::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name(thread_name)
+        .build()
+        .context("starting an async runtime")
+}
+
+/// A fresh cluster key.
+pub(crate) fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(8) {
+        chunk.copy_from_slice(&os_random_u64().to_le_bytes());
+    }
+    key
+}
+
+/// The traffic between two snapshots of the same counters.
+pub fn traffic_since(now: LinkTraffic, before: LinkTraffic) -> LinkTraffic {
+    LinkTraffic {
+        frames_sent: now.frames_sent - before.frames_sent,
+        payload_bytes_sent: now.payload_bytes_sent - before.payload_bytes_sent,
+        wire_bytes_sent: now.wire_bytes_sent - before.wire_bytes_sent,
+        frames_received: now.frames_received - before.frames_received,
+        payload_bytes_received: now.payload_bytes_received - before.payload_bytes_received,
+        wire_bytes_received: now.wire_bytes_received - before.wire_bytes_received,
+    }
+}
+
+/// Listens on an ephemeral loopback port and, in the background, accepts one link there and
+/// runs its session for `volume`.
+fn accept_one(
+    runtime: &Runtime,
+    volume: &LocalVolume,
+    config: LinkConfig,
+) -> anyhow::Result<(SocketAddr, Session)> {
+    let listener = runtime
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .context("listening for the link")?;
+    let address = listener.local_addr().context("the link's address")?;
+    let handle = volume.handle();
+    let outputs = handle.peer_channel();
+    let (stop, stopped) = oneshot::channel();
+    let task = runtime.spawn(async move {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => return format!("accept: {error}"),
+        };
+        match link::accept(stream, &config).await {
+            Ok((sender, receiver, _peer)) => {
+                pump::session(handle, sender, receiver, outputs, stopped).await
+            }
+            Err(error) => format!("accepting the link: {error}"),
+        }
+    });
+    Ok((address, Session { stop, task }))
+}
+
+/// Connects `volume`'s link to `address` and starts its session; returns the session and the
+/// link's counters.
+fn connect_one(
+    runtime: &Runtime,
+    volume: &LocalVolume,
+    address: SocketAddr,
+    config: &LinkConfig,
+) -> anyhow::Result<(Session, Arc<LinkCounters>)> {
+    let handle = volume.handle();
+    let outputs = handle.peer_channel();
+    let (sender, receiver, _peer) = runtime
+        .block_on(link::connect(address, config))
+        .with_context(|| format!("connecting the link to {address}"))?;
+    let counters = sender.counters();
+    let (stop, stopped) = oneshot::channel();
+    let task = runtime.spawn(pump::session(handle, sender, receiver, outputs, stopped));
+    Ok((Session { stop, task }, counters))
+}
