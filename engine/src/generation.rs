@@ -269,6 +269,23 @@ pub enum SyncRule {
     HistoryBoth,
     /// No generation in common.
     Unrelated,
+    /// Split brain resolved: the operator told this side to discard its changes (after saving
+    /// them).
+    DiscardSelf,
+    /// Split brain resolved: the operator told the peer to discard its changes.
+    DiscardPeer,
+    /// Split brain, policy `discard-zero-changes`: this side changed nothing.
+    ZeroChangesSelf,
+    /// Split brain, policy `discard-zero-changes`: the peer changed nothing.
+    ZeroChangesPeer,
+    /// Split brain, policy `discard-least-changes`: this side changed fewer granules.
+    LeastChangesSelf,
+    /// Split brain, policy `discard-least-changes`: the peer changed fewer granules.
+    LeastChangesPeer,
+    /// Split brain, policy `discard-younger-primary`: this side diverged later.
+    YoungerPrimarySelf,
+    /// Split brain, policy `discard-younger-primary`: the peer diverged later.
+    YoungerPrimaryPeer,
 }
 
 impl SyncRule {
@@ -285,11 +302,20 @@ impl SyncRule {
             Self::BitmapPeer => Self::BitmapSelf,
             Self::HistorySelf => Self::HistoryPeer,
             Self::HistoryPeer => Self::HistorySelf,
+            Self::DiscardSelf => Self::DiscardPeer,
+            Self::DiscardPeer => Self::DiscardSelf,
+            Self::ZeroChangesSelf => Self::ZeroChangesPeer,
+            Self::ZeroChangesPeer => Self::ZeroChangesSelf,
+            Self::LeastChangesSelf => Self::LeastChangesPeer,
+            Self::LeastChangesPeer => Self::LeastChangesSelf,
+            Self::YoungerPrimarySelf => Self::YoungerPrimaryPeer,
+            Self::YoungerPrimaryPeer => Self::YoungerPrimarySelf,
             other => other,
         }
     }
 
-    /// Every rule, in table order.
+    /// Every rule of the decision table, in table order (the split-brain resolutions that
+    /// follow it are not in the table).
     pub const ALL: [Self; 19] = [
         Self::BothFresh,
         Self::SelfFresh,
@@ -335,6 +361,14 @@ impl fmt::Display for SyncRule {
             Self::HistoryPeer => "history-peer",
             Self::HistoryBoth => "history-both",
             Self::Unrelated => "unrelated",
+            Self::DiscardSelf => "discard-self",
+            Self::DiscardPeer => "discard-peer",
+            Self::ZeroChangesSelf => "zero-changes-self",
+            Self::ZeroChangesPeer => "zero-changes-peer",
+            Self::LeastChangesSelf => "least-changes-self",
+            Self::LeastChangesPeer => "least-changes-peer",
+            Self::YoungerPrimarySelf => "younger-primary-self",
+            Self::YoungerPrimaryPeer => "younger-primary-peer",
         };
         f.write_str(name)
     }

@@ -50,6 +50,11 @@ fn evicting_an_extent_before_its_bitmap_page_is_durable_is_caught() {
 }
 
 #[test]
+fn a_verify_that_reads_out_of_write_order_is_caught() {
+    assert_caught(Scenario::Cluster, PlantedBug::DigestReadUnordered, "verify");
+}
+
+#[test]
 fn a_catch_up_applied_out_of_order_is_caught() {
     assert_caught(Scenario::Cluster, PlantedBug::CatchUpUnordered, "S2");
 }

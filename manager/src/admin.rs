@@ -42,11 +42,30 @@ pub enum Request {
         volume: String,
         /// Every block, not only those marked out of sync.
         full: bool,
+        /// Every block, compared by digest first: only those that differ travel.
+        #[serde(default)]
+        checksum: bool,
+    },
+    /// `volume verify VOL [--mark]`.
+    Verify {
+        /// The volume.
+        volume: String,
+        /// Mark the mismatching blocks out of sync on this node.
+        mark: bool,
     },
     /// `volume invalidate VOL`.
     Invalidate {
         /// The volume.
         volume: String,
+    },
+    /// `split-brain resolve VOL --keep NODE [--save-discarded DIR]`.
+    SplitBrainResolve {
+        /// The volume.
+        volume: String,
+        /// The node whose data is kept.
+        keep: String,
+        /// Where the discarded node saves its changed blocks first.
+        save_discarded: Option<std::path::PathBuf>,
     },
 }
 
@@ -59,6 +78,9 @@ pub struct Response {
     pub error: Option<String>,
     /// For `status`.
     pub status: Option<NodeReport>,
+    /// What was done, when there is more to say than "ok".
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl Response {
@@ -68,6 +90,7 @@ impl Response {
             ok: true,
             error: None,
             status: None,
+            message: None,
         }
     }
 
@@ -77,6 +100,7 @@ impl Response {
             ok: false,
             error: Some(error.into()),
             status: None,
+            message: None,
         }
     }
 }

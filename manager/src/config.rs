@@ -163,6 +163,10 @@ pub struct VolumeSection {
     /// Split-brain policy.
     #[serde(default)]
     pub after_split_brain: AfterSplitBrain,
+    /// Where an automatic split-brain policy saves the discarded node's blocks (default:
+    /// `<state_dir>/discarded`).
+    #[serde(default)]
+    pub discard_dir: Option<PathBuf>,
     /// Bitmap granule (4KiB to 1MiB, a power of two).
     #[serde(default = "default_granule")]
     pub bitmap_granule: ByteSize,

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod discard;
 pub mod key;
 pub mod runtime;
 pub mod size;

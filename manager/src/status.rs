@@ -61,10 +61,77 @@ pub struct SyncReport {
     pub eta_seconds: Option<u64>,
     /// "source" or "target".
     pub direction: String,
-    /// "full", "bitmap" or "journal" (a catch-up in write order).
+    /// "full", "bitmap", "checksum" (digests first) or "journal" (a catch-up in write order).
     pub kind: String,
     /// Bytes still to send (null on the target of a catch-up, which cannot know).
     pub remaining_bytes: Option<u64>,
+}
+
+/// The running online verify, or the last one.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct VerifyView {
+    /// "running", "finished" or "aborted".
+    pub state: String,
+    /// Why it was aborted.
+    pub reason: Option<String>,
+    /// Share of the volume compared.
+    pub percent: f64,
+    /// Bytes compared.
+    pub checked_bytes: u64,
+    /// Bytes found different.
+    pub mismatched_bytes: u64,
+    /// Mismatching ranges, `[offset, length]` in bytes, merged, in order.
+    pub mismatched_ranges: Vec<[u64; 2]>,
+    /// Whether every mismatching range is listed (the first 1000 are).
+    pub ranges_complete: bool,
+    /// The mismatches were marked out of sync on this node.
+    pub marked: bool,
+    /// When it started.
+    pub started_unix_millis: u64,
+    /// When it ended.
+    pub finished_unix_millis: Option<u64>,
+}
+
+impl From<engine::replica::VerifyReport> for VerifyView {
+    fn from(report: engine::replica::VerifyReport) -> Self {
+        Self {
+            state: report.state.to_string(),
+            reason: report.reason,
+            percent: report.percent,
+            checked_bytes: report.checked_bytes,
+            mismatched_bytes: report.mismatched_bytes,
+            mismatched_ranges: report.mismatched_ranges,
+            ranges_complete: report.ranges_complete,
+            marked: report.marked,
+            started_unix_millis: report.started_unix_millis,
+            finished_unix_millis: report.finished_unix_millis,
+        }
+    }
+}
+
+impl VerifyView {
+    /// One line for the text status.
+    pub fn summary(&self) -> String {
+        let mut line = format!(
+            "verify {}: {:.1}% compared, {} in {} range{} differ",
+            self.state,
+            self.percent,
+            human_bytes(self.mismatched_bytes),
+            self.mismatched_ranges.len(),
+            if self.mismatched_ranges.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
+        );
+        if let Some(reason) = &self.reason {
+            let _ = write!(line, " ({reason})");
+        }
+        if self.marked {
+            line.push_str(", marked out of sync");
+        }
+        line
+    }
 }
 
 /// The journal: the writes the peer has not written yet, in write order.
@@ -110,8 +177,14 @@ pub struct VolumeReport {
     pub journal: JournalReport,
     /// Resync progress, while one runs.
     pub sync: Option<SyncReport>,
+    /// The running online verify, or the last one.
+    #[serde(default)]
+    pub verify: Option<VerifyView>,
     /// A split brain was detected and not resolved.
     pub split_brain: bool,
+    /// What each side changed, while a split brain is unresolved.
+    #[serde(default)]
+    pub split_brain_detail: Option<engine::replica::SplitBrainReport>,
     /// Where clients reach the volume on this node (`nbd://10.0.0.1:10809/r0`), when serving.
     pub device: Option<String>,
     /// Size of the data area.
@@ -214,6 +287,9 @@ impl NodeReport {
                     sync.percent,
                     human_bytes(sync.bytes_per_second),
                 );
+            }
+            if let Some(verify) = &volume.verify {
+                let _ = writeln!(out, "  {}", verify.summary());
             }
             if volume.split_brain {
                 let _ = writeln!(

@@ -50,8 +50,8 @@ fn main() -> ExitCode {
     let bug_flag = planted_bug.map_or(String::new(), |bug| format!(" --plant-bug {}", bug.name()));
     let run_single = only.as_deref() != Some("cluster");
     let run_cluster = only.as_deref() != Some("single");
-    let run = |seed: u64| -> Result<[u64; 9], String> {
-        let mut totals = [0; 9];
+    let run = |seed: u64| -> Result<[u64; 12], String> {
+        let mut totals = [0; 12];
         if run_single {
             let report =
                 run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
@@ -70,6 +70,9 @@ fn main() -> ExitCode {
             totals[6] += u64::from(report.prefix_checks);
             totals[7] += u64::from(report.catch_ups.0);
             totals[8] += u64::from(report.catch_ups.1);
+            totals[9] += u64::from(report.verifies.0);
+            totals[10] += u64::from(report.verifies.1);
+            totals[11] += u64::from(report.checksum_resyncs);
         }
         Ok(totals)
     };
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = [0u64; 9];
+    let mut totals = [0u64; 12];
     for seed in first..first + count {
         match run(seed) {
             Ok(seed_totals) => {
@@ -123,7 +126,7 @@ fn main() -> ExitCode {
     println!(
         "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
          {} resyncs, {} identical-replica checks, {} prefix checks, {} journal catch-ups ({} \
-         finished)",
+         finished), {} verifies ({} planted corruptions found), {} checksum resyncs",
         started.elapsed().as_secs_f64(),
         totals[0],
         totals[1],
@@ -133,7 +136,10 @@ fn main() -> ExitCode {
         totals[5],
         totals[6],
         totals[7],
-        totals[8]
+        totals[8],
+        totals[9],
+        totals[10],
+        totals[11]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

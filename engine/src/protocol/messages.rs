@@ -11,7 +11,7 @@
 //! | 0x0001 | State | both | postcard [`PeerState`] |
 //! | 0x0002 | Decision | both | postcard (decision, rule) |
 //! | 0x0003 | Bitmap | both | u8 last, then a serialized roaring set of granules |
-//! | 0x0004 | StartResync | both | u8 full |
+//! | 0x0004 | StartResync | both | u8 flags: bit 0 full, bit 1 checksum |
 //! | 0x0005 | Ping | both | u64 id |
 //! | 0x0006 | Pong | both | u64 id |
 //! | 0x0010 | Write | primary → secondary | u64 seq, u64 after, u64 offset, u8 flags, data |
@@ -25,6 +25,8 @@
 //! | 0x0031 | ResyncAck | target → source | u64 offset, u32 length, u8 ok |
 //! | 0x0032 | ResyncDone | source → target | postcard [`GenerationSet`] |
 //! | 0x0033 | ResyncDoneAck | target → source | empty |
+//! | 0x0034 | Digests | source/verifier → peer | u8 purpose (0 resync, 1 verify), u64 offset, u32 length, 16 bytes per granule |
+//! | 0x0035 | DigestReply | peer → source/verifier | u8 purpose, u64 offset, u32 length, one bit per granule (set: differs) |
 //!
 //! Write flags: bit 0 FUA, bit 1 "send a receipt" (protocol B: the primary completes the write
 //! when the secondary has received it); other bits must be zero.
@@ -79,6 +81,8 @@ pub struct PeerState {
     /// The newest replicated write it received, and from which journal run (`None` if it
     /// received anything since that is not in such a run, or crashed).
     pub received: Option<ReceivedMark>,
+    /// After a split brain, the operator told it to discard its changes (they were saved).
+    pub discard_my_data: bool,
 }
 
 /// An active journal, as the peer sees it.
@@ -146,6 +150,8 @@ pub enum PeerMessage {
     StartResync {
         /// Every granule.
         full: bool,
+        /// Compare digests first and send only the granules that differ.
+        checksum: bool,
     },
     /// Liveness probe.
     Ping {
@@ -243,6 +249,59 @@ pub enum PeerMessage {
     },
     /// The target is up to date.
     ResyncDoneAck,
+    /// Digests of the sender's granules in a range: the receiver reads the same range (after
+    /// every replicated write sent before this message, before any sent after it) and answers
+    /// which granules differ.
+    Digests {
+        /// Why: a checksum resync or an online verify.
+        purpose: DigestPurpose,
+        /// Volume offset (granule aligned).
+        offset: u64,
+        /// Bytes.
+        length: u32,
+        /// [`DIGEST_BYTES`] per granule, in order.
+        digests: Vec<u8>,
+    },
+    /// The answer to [`PeerMessage::Digests`].
+    DigestReply {
+        /// As asked.
+        purpose: DigestPurpose,
+        /// As asked.
+        offset: u64,
+        /// As asked.
+        length: u32,
+        /// One bit per granule (least significant bit first): set where the data differ.
+        differing: Vec<u8>,
+    },
+}
+
+/// Bytes of a granule's digest (SHA-256, truncated).
+pub const DIGEST_BYTES: usize = 16;
+
+/// Why digests are exchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestPurpose {
+    /// A checksum resync: matching granules are in sync, differing ones are sent.
+    Resync,
+    /// An online verify: differing granules are reported.
+    Verify,
+}
+
+impl DigestPurpose {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Resync => 0,
+            Self::Verify => 1,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        match byte {
+            0 => Some(Self::Resync),
+            1 => Some(Self::Verify),
+            _ => None,
+        }
+    }
 }
 
 /// Why bytes from the peer are not a valid message.
@@ -282,6 +341,8 @@ impl PeerMessage {
             Self::ResyncAck { .. } => 0x0031,
             Self::ResyncDone { .. } => 0x0032,
             Self::ResyncDoneAck => 0x0033,
+            Self::Digests { .. } => 0x0034,
+            Self::DigestReply { .. } => 0x0035,
         }
     }
 
@@ -305,7 +366,9 @@ impl PeerMessage {
                 out.extend_from_slice(granules);
                 out
             }
-            Self::StartResync { full } => vec![u8::from(*full)],
+            Self::StartResync { full, checksum } => {
+                vec![u8::from(*full) | u8::from(*checksum) << 1]
+            }
             Self::Ping { id } | Self::Pong { id } | Self::Flush { id } => id.to_le_bytes().to_vec(),
             Self::Received { seq } => seq.0.to_le_bytes().to_vec(),
             Self::Write {
@@ -371,6 +434,26 @@ impl PeerMessage {
                 out
             }
             Self::ResyncDoneAck => Vec::new(),
+            Self::Digests {
+                purpose,
+                offset,
+                length,
+                digests: bytes,
+            }
+            | Self::DigestReply {
+                purpose,
+                offset,
+                length,
+                differing: bytes,
+            } => {
+                let mut out = vec![0u8; 13];
+                let mut w = FieldWriter::new(&mut out);
+                w.put_u8(purpose.to_byte());
+                w.put_u64(*offset);
+                w.put_u32(*length);
+                out.extend_from_slice(bytes);
+                out
+            }
         }
     }
 
@@ -399,9 +482,16 @@ impl PeerMessage {
                     last,
                 }
             }
-            0x0004 => Self::StartResync {
-                full: flag(r.u8().ok_or_else(short)?).ok_or_else(|| malformed("bad flag"))?,
-            },
+            0x0004 => {
+                let bits = r.u8().ok_or_else(short)?;
+                if bits > 3 {
+                    return Err(malformed("bad flags"));
+                }
+                Self::StartResync {
+                    full: bits & 1 != 0,
+                    checksum: bits & 2 != 0,
+                }
+            }
             0x0005 | 0x0006 | 0x0013 => {
                 let id = r.u64().ok_or_else(short)?;
                 match kind {
@@ -488,6 +578,29 @@ impl PeerMessage {
                 generations: from_postcard(payload).map_err(|e| malformed(&e))?,
             },
             0x0033 => Self::ResyncDoneAck,
+            0x0034 | 0x0035 => {
+                let purpose = r.u8().and_then(DigestPurpose::from_byte);
+                let (offset, length) = (r.u64(), r.u32());
+                let (Some(purpose), Some(offset), Some(length)) = (purpose, offset, length) else {
+                    return Err(short());
+                };
+                let bytes = payload[13..].to_vec();
+                if kind == 0x0034 {
+                    Self::Digests {
+                        purpose,
+                        offset,
+                        length,
+                        digests: bytes,
+                    }
+                } else {
+                    Self::DigestReply {
+                        purpose,
+                        offset,
+                        length,
+                        differing: bytes,
+                    }
+                }
+            }
             _ => return Err(ProtocolError::UnknownKind(kind)),
         };
         let consumed = match &message {
@@ -495,7 +608,10 @@ impl PeerMessage {
             | Self::Decision { .. }
             | Self::ResyncDone { .. }
             | Self::Bitmap { .. } => payload.len(),
-            Self::Write { .. } | Self::ResyncData { .. } => payload.len(),
+            Self::Write { .. }
+            | Self::ResyncData { .. }
+            | Self::Digests { .. }
+            | Self::DigestReply { .. } => payload.len(),
             _ => r.position(),
         };
         if consumed != payload.len() {
@@ -538,6 +654,8 @@ pub fn kind_name(kind: u16) -> Option<&'static str> {
         0x0031 => "ResyncAck",
         0x0032 => "ResyncDone",
         0x0033 => "ResyncDoneAck",
+        0x0034 => "Digests",
+        0x0035 => "DigestReply",
         _ => return None,
     })
 }
@@ -610,6 +728,7 @@ mod tests {
                     journal: 7,
                     seq: Seq(3),
                 }),
+                discard_my_data: true,
             })),
             PeerMessage::Decision {
                 decision: SyncDecision::SourceUseBitmap,
@@ -619,7 +738,14 @@ mod tests {
                 granules: vec![1, 2, 3],
                 last: true,
             },
-            PeerMessage::StartResync { full: true },
+            PeerMessage::StartResync {
+                full: true,
+                checksum: true,
+            },
+            PeerMessage::StartResync {
+                full: false,
+                checksum: false,
+            },
             PeerMessage::Ping { id: 4 },
             PeerMessage::Pong { id: 4 },
             PeerMessage::Write {
@@ -667,6 +793,18 @@ mod tests {
             },
             PeerMessage::ResyncDone { generations },
             PeerMessage::ResyncDoneAck,
+            PeerMessage::Digests {
+                purpose: DigestPurpose::Verify,
+                offset: 4096,
+                length: 8192,
+                digests: vec![3; 2 * DIGEST_BYTES],
+            },
+            PeerMessage::DigestReply {
+                purpose: DigestPurpose::Resync,
+                offset: 4096,
+                length: 8192,
+                differing: vec![2],
+            },
         ]
     }
 
@@ -693,6 +831,8 @@ mod tests {
                 PeerMessage::Write { .. }
                     | PeerMessage::ResyncData { .. }
                     | PeerMessage::Bitmap { .. }
+                    | PeerMessage::Digests { .. }
+                    | PeerMessage::DigestReply { .. }
             ) {
                 assert!(
                     PeerMessage::decode(message.kind(), &longer).is_err(),

@@ -72,6 +72,8 @@ impl Replica {
             AdminCommand::Connect
             | AdminCommand::Disconnect
             | AdminCommand::Resync { .. }
+            | AdminCommand::Verify { .. }
+            | AdminCommand::SplitBrainResolve { .. }
             | AdminCommand::Invalidate => self.peer_admin(id, command),
         }
     }

@@ -16,12 +16,15 @@
 mod admin;
 mod attach;
 mod catchup;
+mod digest;
 mod metadata;
 mod peer;
 mod requests;
 mod resync;
+mod split_brain;
 #[cfg(test)]
 mod tests;
+mod verify;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -30,6 +33,8 @@ use std::time::Duration;
 pub use attach::RecoveryReport;
 pub use resync::SyncProgress;
 use serde::Serialize;
+pub use split_brain::{SplitBrainPolicy, SplitBrainReport, SplitBrainSide};
+pub use verify::VerifyReport;
 
 use crate::activity_log::ActivityLog;
 use crate::bitmap::DirtyBitmap;
@@ -65,6 +70,8 @@ pub struct ReplicaConfig {
     pub volume_name: String,
     /// When client writes complete.
     pub protocol: Protocol,
+    /// How a split brain is resolved without an operator.
+    pub after_split_brain: SplitBrainPolicy,
     /// This node's id.
     pub node_id: NodeId,
     /// Payload bytes the journal's memory tier holds before spilling to the ring.
@@ -100,6 +107,7 @@ impl ReplicaConfig {
         Self {
             volume_name: volume_name.into(),
             protocol: Protocol::C,
+            after_split_brain: SplitBrainPolicy::Disconnect,
             node_id,
             journal_memory_bytes_max: 64 << 20,
             requests_in_flight_max: 4096,
@@ -127,14 +135,18 @@ pub enum PlantedBug {
     SkipBitmapFlushOnEviction,
     /// Let the target of a catch-up apply the journal's records in any order.
     CatchUpUnordered,
+    /// Let the peer read for a verify without waiting for the replicated writes sent before
+    /// the digests.
+    DigestReadUnordered,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [Self; 3] = [
+    pub const ALL: [Self; 4] = [
         Self::AcknowledgeFlushEarly,
         Self::SkipBitmapFlushOnEviction,
         Self::CatchUpUnordered,
+        Self::DigestReadUnordered,
     ];
 
     /// The name on the simulator's command line.
@@ -143,6 +155,7 @@ impl PlantedBug {
             Self::AcknowledgeFlushEarly => "ack-flush-early",
             Self::SkipBitmapFlushOnEviction => "skip-bitmap-flush-on-eviction",
             Self::CatchUpUnordered => "catch-up-unordered",
+            Self::DigestReadUnordered => "digest-read-unordered",
         }
     }
 }
@@ -318,6 +331,19 @@ pub enum AdminCommand {
     Resync {
         /// Every granule.
         full: bool,
+        /// Every granule, compared by digest first: only those that differ are sent.
+        checksum: bool,
+    },
+    /// Resolve a split brain: keep this node's data, or discard it (its changed blocks must have
+    /// been saved first: see [`Replica::changed_ranges`]). Then connect.
+    SplitBrainResolve {
+        /// Keep this node's data (else discard it).
+        keep_self: bool,
+    },
+    /// Compare both replicas online; `mark` sets the mismatches out of sync here.
+    Verify {
+        /// Mark mismatches out of sync.
+        mark: bool,
     },
     /// Throw away this node's data: it becomes the target of a full sync from the peer.
     Invalidate,
@@ -447,6 +473,11 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An online verify started or ended.
+    Verify {
+        /// What happened, with the mismatching ranges.
+        message: String,
+    },
 }
 
 impl fmt::Display for Event {
@@ -479,6 +510,7 @@ impl fmt::Display for Event {
             Self::Replication { from, to, reason } => {
                 write!(f, "replication {from} -> {to}: {reason}")
             }
+            Self::Verify { message } => f.write_str(message),
         }
     }
 }
@@ -527,6 +559,10 @@ pub struct ReplicaStatus {
     pub connection_reason: Option<String>,
     /// Resync progress, while a resync runs.
     pub sync: Option<SyncProgress>,
+    /// The running online verify, or the last one.
+    pub verify: Option<VerifyReport>,
+    /// The split brain, while unresolved.
+    pub split_brain_detail: Option<SplitBrainReport>,
 }
 
 /// Journal counters in status.
@@ -607,6 +643,8 @@ enum OpPurpose {
     ClientFlush(u64),
     PeerFlush(u64),
     ResyncRead { offset: u64 },
+    DigestRead(u64),
+    VerifyRead { offset: u64 },
     ResyncFlush,
     Superblock { version: u64, copy: usize },
     BitmapPage { page: u32, version: u64 },
@@ -769,6 +807,8 @@ impl Replica {
                 .then(|| self.peer.reason.clone())
                 .flatten(),
             sync: self.sync_progress(),
+            verify: self.verify_status(),
+            split_brain_detail: self.split_brain_report(),
         }
     }
 
@@ -800,6 +840,8 @@ impl Replica {
             OpPurpose::DetachFlush => self.detach_flush_completion(result.map(|_| ())),
             OpPurpose::PromoteFlush => self.promote_flush_completion(result.map(|_| ())),
             OpPurpose::CatchUpRead(seq) => self.catch_up_read_completion(seq, result),
+            OpPurpose::DigestRead(id) => self.digest_read_completion(id, result),
+            OpPurpose::VerifyRead { offset } => self.verify_read_completion(offset, result),
         }
     }
 

@@ -11,7 +11,7 @@
 use super::resync::Resync;
 use super::{AdminCommand, Event, Output, Refusal, Replica};
 use crate::generation::{SyncDecision, SyncRule, SyncView, decide_sync};
-use crate::protocol::messages::{JournalMark, PeerMessage, PeerState, ReceivedMark};
+use crate::protocol::messages::{DigestPurpose, JournalMark, PeerMessage, PeerState, ReceivedMark};
 use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::types::Instant;
 
@@ -42,6 +42,16 @@ pub(super) struct Peer {
     pub(super) sent: Option<PeerState>,
     /// The newest write received from the primary's journal run (kept across connections).
     pub(super) received: Option<ReceivedMark>,
+    /// What is known about an unresolved split brain.
+    pub(super) split_brain_detail: Option<super::split_brain::SplitBrain>,
+    /// The operator told this node to discard its data at the next connection.
+    pub(super) discard_my_data: bool,
+    /// The peer's digests waiting to be compared here.
+    pub(super) digest_reads: super::digest::DigestReads,
+    /// The online verify this node runs.
+    pub(super) verify: Option<super::verify::Verify>,
+    /// The last verify's report.
+    pub(super) last_verify: Option<super::verify::VerifyReport>,
     last_received: Option<Instant>,
     next_ping: Option<Instant>,
     next_ping_id: u64,
@@ -84,6 +94,7 @@ impl Replica {
                 head: volume.journal.next_seq(),
             }),
             received: self.peer.received,
+            discard_my_data: self.peer.discard_my_data,
         }
     }
 
@@ -162,6 +173,11 @@ impl Replica {
             self.writes_lose_peer();
         }
         self.resync_lose_peer();
+        self.digest_reads_lose_peer();
+        if let Some(detail) = &mut self.peer.split_brain_detail {
+            detail.exchanging = false; // The peer's changes stay unknown.
+        }
+        self.verify_lose_peer();
         self.peer.remote = None;
         self.peer.sent = None;
         self.peer.decision = None;
@@ -221,6 +237,15 @@ impl Replica {
                 Ok(())
             }
             PeerMessage::Pong { .. } => Ok(()),
+            PeerMessage::Bitmap { granules, last } if self.split_brain_exchanging() => {
+                if granules.len() > crate::protocol::messages::BITMAP_CHUNK_BYTES_MAX {
+                    return Err("bitmap chunk too large".to_string());
+                }
+                let set = roaring::RoaringTreemap::deserialize_from(&granules[..])
+                    .map_err(|e| format!("bitmap: {e}"))?;
+                self.split_brain_bitmap(&set, last);
+                Ok(())
+            }
             _ if !connected => Err(format!("{message} before the sync decision")),
             PeerMessage::Write { .. }
             | PeerMessage::Trim { .. }
@@ -241,7 +266,27 @@ impl Replica {
                 Ok(())
             }
             PeerMessage::Bitmap { granules, last } => self.resync_bitmap_received(&granules, last),
-            PeerMessage::StartResync { full } => self.resync_requested(full),
+            PeerMessage::StartResync { full, .. } => self.resync_requested(full),
+            PeerMessage::Digests {
+                purpose,
+                offset,
+                length,
+                digests,
+            } => self.digests_received(purpose, offset, length, digests),
+            PeerMessage::DigestReply {
+                purpose,
+                offset,
+                length,
+                differing,
+            } => {
+                self.check_digest_range(offset, length, 1, differing.len(), false)?;
+                match purpose {
+                    DigestPurpose::Resync => {
+                        self.resync_digests_compared(offset, length, &differing)
+                    }
+                    DigestPurpose::Verify => self.verify_compared(offset, length, &differing),
+                }
+            }
             PeerMessage::ResyncData { offset, data } => self.resync_data_received(offset, data),
             PeerMessage::ResyncAck { offset, length, ok } => {
                 self.resync_acknowledged(offset, length, ok)
@@ -289,7 +334,22 @@ impl Replica {
             primary: state.role == Role::Primary,
             out_of_sync_granules: state.out_of_sync_granules,
         };
-        let (decision, rule) = decide_sync(&view(&local), &view(&remote));
+        let (mut decision, mut rule) = decide_sync(&view(&local), &view(&remote));
+        if decision.is_split_brain()
+            && let Some((self_loses, by)) =
+                super::split_brain::loser(self.config.after_split_brain, decision, &local, &remote)
+            && (local.discard_my_data || remote.discard_my_data)
+        {
+            // The operator resolved it; the discarded side's blocks were saved first.
+            let bitmap = decision == SyncDecision::SplitBrainAutoRecover;
+            decision = match (self_loses, bitmap) {
+                (true, true) => SyncDecision::TargetUseBitmap,
+                (true, false) => SyncDecision::TargetFullSync,
+                (false, true) => SyncDecision::SourceUseBitmap,
+                (false, false) => SyncDecision::SourceFullSync,
+            };
+            rule = by;
+        }
         let detail = format!("self {}, peer {}", local.generations, remote.generations);
         self.emit(Event::Decided {
             decision,
@@ -320,10 +380,13 @@ impl Replica {
             );
             return self.close_link(&reason);
         }
+        if decision.is_split_brain() {
+            return self.begin_split_brain(decision, rule);
+        }
         if let Some(reason) = self.refusal(decision, rule) {
             return self.refuse_link(&reason);
         }
-        self.peer.split_brain = false;
+        self.split_brain_resolved();
         self.set_conn(ConnState::Connected, format!("{decision} by rule={rule}"));
         let bitmap_resync = matches!(
             decision,
@@ -353,12 +416,6 @@ impl Replica {
     /// Why a decision cannot be carried out without an operator, if it cannot.
     fn refusal(&mut self, decision: SyncDecision, rule: SyncRule) -> Option<String> {
         let remote = self.peer.remote.as_ref().expect("remote state");
-        if decision.is_split_brain() {
-            self.peer.split_brain = true;
-            return Some(format!(
-                "split brain detected by rule={rule}; resolve it, then connect"
-            ));
-        }
         if decision == SyncDecision::UnrelatedData {
             return Some("unrelated data: the two sides share no generation".to_string());
         }
@@ -483,7 +540,10 @@ impl Replica {
 
     /// Moves the resync forward, and restarts the journal once it can hold everything.
     pub(super) fn advance_peer(&mut self) -> bool {
-        self.advance_resync() | self.resume_journal()
+        self.advance_resync()
+            | self.advance_digest_reads()
+            | self.advance_verify()
+            | self.resume_journal()
     }
 
     /// `connect`, `disconnect`, `resync`, `invalidate`.
@@ -509,7 +569,11 @@ impl Replica {
                 self.set_conn(ConnState::StandAlone, "disconnect");
                 Ok(())
             }
-            AdminCommand::Resync { full } => self.admin_resync(full),
+            AdminCommand::Resync { full, checksum } => self.admin_resync(full, checksum),
+            AdminCommand::Verify { mark } => self.admin_verify(mark),
+            AdminCommand::SplitBrainResolve { keep_self } => {
+                self.admin_split_brain_resolve(keep_self)
+            }
             AdminCommand::Invalidate => self.invalidate(),
             _ => unreachable!("not a peer command"),
         };

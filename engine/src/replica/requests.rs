@@ -42,7 +42,7 @@ enum WriteKind {
 
 /// Where a write came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Origin {
+pub(super) enum Origin {
     /// A client request (one chunk of parent request `parent`).
     Client { parent: u64 },
     /// A write replicated from the primary.
@@ -526,7 +526,11 @@ impl Replica {
     fn write_may_issue(&mut self, id: WriteId) -> bool {
         let write = &self.requests.writes[&id];
         let (range, extents, origin) = (write.range, write.extents.clone(), write.origin);
-        if self.requests.issued_overlaps(range) || self.resync_reading_overlaps(range) {
+        if self.requests.issued_overlaps(range)
+            || self.resync_reading_overlaps(range)
+            || self.digest_reads_hold(range, origin)
+            || self.verify_reading_overlaps(range)
+        {
             return false;
         }
         let volume = self.volume.as_ref().expect("attached");

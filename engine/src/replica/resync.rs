@@ -13,18 +13,24 @@
 //! that drops to one chunk while clients write (their latency comes first), and optionally by a
 //! rate cap.
 //!
+//! A checksum resync (`resync --checksum`, and by default after a crashed primary, whose
+//! in-flight regions are usually identical on both sides) reads runs the same way but sends
+//! their digests first (see `digest`): granules that match are cleared on both sides, and only
+//! those that differ are read again and sent.
+//!
 //! When the source's bitmap is empty it sends its generations; the target adopts them, becomes
 //! `up_to_date` (durably) and answers; then the source ends its bitmap generation.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use roaring::RoaringTreemap;
 use serde::Serialize;
 
+use super::digest::{bit, granule_digests};
 use super::{OpPurpose, Replica, StorageOp};
 use crate::buffer::IoBuf;
 use crate::generation::{GenerationSet, SyncDecision};
-use crate::protocol::messages::{BITMAP_CHUNK_BYTES_MAX, PeerMessage};
+use crate::protocol::messages::{BITMAP_CHUNK_BYTES_MAX, DigestPurpose, PeerMessage};
 use crate::state::{DiskState, ReplState};
 use crate::types::{ByteRange, Errno, Instant, Seq};
 
@@ -75,6 +81,12 @@ impl Resync {
 #[derive(Debug)]
 pub(super) struct Source {
     full: bool,
+    /// Digests first; data only for the granules that differ.
+    checksum: bool,
+    /// Granules whose digests differed: their data is sent.
+    needs_data: RoaringTreemap,
+    /// Reads in flight and ranges sent that are digests, not data (by offset).
+    digest_offsets: BTreeSet<u64>,
     waiting_for_bitmap: bool,
     cursor: u64,
     /// Reads in flight: offset → length. Client writes there wait.
@@ -98,7 +110,7 @@ pub(super) struct Target {
     done: Option<(GenerationSet, Seq)>,
     /// How far finishing has come.
     finishing: Finishing,
-    progress: Progress,
+    pub(super) progress: Progress,
     /// A catch-up from the source's journal: the last record this node had, and the source's
     /// journal head, at the start.
     catch_up: Option<(Seq, Seq)>,
@@ -157,13 +169,22 @@ impl Replica {
         self.drop_journal();
         let full = decision.is_full_sync();
         if decision.is_source() {
-            self.begin_source(full);
+            // After a crashed primary the regions it had in flight are marked on both sides
+            // but usually hold the same data: compare digests before sending.
+            let crashed = self
+                .volume
+                .as_ref()
+                .expect("attached")
+                .superblock
+                .crashed_primary
+                || self.peer.remote.as_ref().is_some_and(|r| r.crashed_primary);
+            self.begin_source(full, crashed && !full);
         } else {
             self.begin_target(full);
         }
     }
 
-    fn begin_source(&mut self, full: bool) {
+    fn begin_source(&mut self, full: bool, checksum: bool) {
         let volume = self.volume.as_mut().expect("attached");
         if full {
             volume.bitmap.set_all();
@@ -171,6 +192,9 @@ impl Replica {
         let initial = volume.bitmap.weight();
         self.peer.resync = Some(Resync::Source(Source {
             full,
+            checksum,
+            needs_data: RoaringTreemap::new(),
+            digest_offsets: BTreeSet::new(),
             waiting_for_bitmap: !full,
             cursor: 0,
             reading: BTreeMap::new(),
@@ -184,7 +208,11 @@ impl Replica {
         if !full {
             self.send_bitmap();
         }
-        let how = if full { "full sync" } else { "bitmap resync" };
+        let how = match (full, checksum) {
+            (_, true) => "checksum resync",
+            (true, false) => "full sync",
+            (false, false) => "bitmap resync",
+        };
         self.set_repl(
             ReplState::SyncSource,
             format!("{how}: {initial} granules to send"),
@@ -262,7 +290,7 @@ impl Replica {
     }
 
     /// Sends the set granules of the bitmap, in chunks.
-    fn send_bitmap(&mut self) {
+    pub(super) fn send_bitmap(&mut self) {
         let bitmap = &self.volume.as_ref().expect("attached").bitmap;
         let mut messages = Vec::new();
         let mut chunk = RoaringTreemap::new();
@@ -340,8 +368,14 @@ impl Replica {
         Ok(())
     }
 
-    /// `tandem volume resync`: this node becomes the source.
-    pub(super) fn admin_resync(&mut self, full: bool) -> Result<(), super::Refusal> {
+    /// `tandem volume resync`: this node becomes the source of the marked granules, of every
+    /// granule (`full`), or of every granule compared by digest first (`checksum`).
+    pub(super) fn admin_resync(
+        &mut self,
+        full: bool,
+        checksum: bool,
+    ) -> Result<(), super::Refusal> {
+        let full = full || checksum;
         use super::Refusal;
         if self.peer.conn != crate::state::ConnState::Connected {
             return Err(Refusal::NotConnected(self.peer.conn));
@@ -366,9 +400,9 @@ impl Replica {
                 "nothing is marked out of sync; use --full to resync everything",
             ));
         }
-        self.send(PeerMessage::StartResync { full });
+        self.send(PeerMessage::StartResync { full, checksum });
         self.drop_journal();
-        self.begin_source(full);
+        self.begin_source(full, checksum);
         Ok(())
     }
 
@@ -420,8 +454,8 @@ impl Replica {
                 break;
             }
             match self.next_resync_run(wrapped) {
-                RunSearch::Found(range) => {
-                    self.issue_resync_read(range, rate.is_some());
+                RunSearch::Found(range, digests) => {
+                    self.issue_resync_read(range, rate.is_some(), digests);
                     progress = true;
                 }
                 RunSearch::Skip => {}
@@ -469,11 +503,15 @@ impl Replica {
             return RunSearch::Skip;
         }
         let granules_max = (self.config.resync_chunk_bytes / granule_bytes).max(1);
+        // A run is all digests (granules not compared yet) or all data.
+        let digests = |granule: u64| source.checksum && !source.needs_data.contains(granule);
+        let run_digests = digests(start);
         let mut end = start + 1;
         while end - start < granules_max
             && end < volume.bitmap.granule_count()
             && volume.bitmap.is_set(end)
             && !in_flight(end * granule_bytes)
+            && digests(end) == run_digests
         {
             end += 1;
         }
@@ -486,16 +524,19 @@ impl Replica {
         if self.requests.issued_overlaps(range) {
             return RunSearch::Skip; // A client write is in flight there: come back later.
         }
-        RunSearch::Found(range)
+        RunSearch::Found(range, run_digests)
     }
 
-    fn issue_resync_read(&mut self, range: ByteRange, metered: bool) {
+    fn issue_resync_read(&mut self, range: ByteRange, metered: bool, digests: bool) {
         let Some(Resync::Source(source)) = &mut self.peer.resync else {
             return;
         };
         source.reading.insert(range.offset, range.length);
+        if digests {
+            source.digest_offsets.insert(range.offset);
+        }
         source.in_flight_bytes += range.length;
-        if metered {
+        if metered && !digests {
             source.tokens_bytes = source.tokens_bytes.saturating_sub(range.length);
         }
         let op = StorageOp::Read {
@@ -539,7 +580,61 @@ impl Replica {
             return;
         };
         source.sent.insert(offset, length);
+        if source.digest_offsets.contains(&offset) {
+            let granule = self
+                .volume
+                .as_ref()
+                .expect("attached")
+                .bitmap
+                .granule_bytes();
+            let length = u32::try_from(length).expect("bounded by the chunk size");
+            let digests = granule_digests(data.as_slice(), granule);
+            self.send(PeerMessage::Digests {
+                purpose: DigestPurpose::Resync,
+                offset,
+                length,
+                digests,
+            });
+            return;
+        }
         self.send(PeerMessage::ResyncData { offset, data });
+    }
+
+    /// The target compared digests: matching granules are in sync, the others are sent next.
+    pub(super) fn resync_digests_compared(
+        &mut self,
+        offset: u64,
+        length: u32,
+        differing: &[u8],
+    ) -> Result<(), String> {
+        let now = self.now.monotonic;
+        let Some(Resync::Source(source)) = &mut self.peer.resync else {
+            return Err("a digest reply outside a resync".to_string());
+        };
+        if !source.digest_offsets.remove(&offset)
+            || source.sent.remove(&offset) != Some(u64::from(length))
+        {
+            return Err(format!("a digest reply for digests never sent at {offset}"));
+        }
+        source.in_flight_bytes -= u64::from(length);
+        let volume = self.volume.as_mut().expect("attached");
+        let granule = volume.bitmap.granule_bytes();
+        let first = offset / granule;
+        let range = ByteRange::new(offset, u64::from(length));
+        let mut same_bytes = 0;
+        for index in 0..u64::from(length).div_ceil(granule) {
+            let granule_index = first + index;
+            if bit(differing, index) {
+                source.needs_data.insert(granule_index);
+            } else {
+                volume.bitmap.clear(granule_index..granule_index + 1);
+                same_bytes += granule.min(range.end() - granule_index * granule);
+            }
+        }
+        source.progress.add(now, same_bytes);
+        // The differing granules are behind the cursor: look again from there.
+        source.cursor = source.cursor.min(first);
+        Ok(())
     }
 
     pub(super) fn resync_acknowledged(
@@ -721,9 +816,12 @@ impl Replica {
         let resync = self.peer.resync.as_ref()?;
         let volume = self.volume.as_ref()?;
         let now = self.now.monotonic;
-        let (direction, full, progress) = match resync {
+        let (direction, full, progress, kind) = match resync {
             Resync::CatchUp(catch_up) => return Some(self.catch_up_progress(catch_up)),
-            Resync::Source(source) => ("source", source.full, &source.progress),
+            Resync::Source(source) => {
+                let kind = source.checksum.then_some("checksum");
+                ("source", source.full, &source.progress, kind)
+            }
             Resync::Target(target) => {
                 if let Some((start, head)) = target.catch_up {
                     // The source's journal head at the start tells how many records come.
@@ -740,7 +838,7 @@ impl Replica {
                         full: false,
                     });
                 }
-                ("target", target.full, &target.progress)
+                ("target", target.full, &target.progress, None)
             }
         };
         let remaining = volume.bitmap.weight();
@@ -750,7 +848,7 @@ impl Replica {
         let rate = progress.bytes_per_second(now);
         Some(SyncProgress {
             direction,
-            kind: if full { "full" } else { "bitmap" },
+            kind: kind.unwrap_or(if full { "full" } else { "bitmap" }),
             percent: 100.0 * (initial - remaining) as f64 / initial as f64,
             bytes_per_second: rate,
             eta_seconds: (rate > 0).then(|| remaining_bytes / rate),
@@ -761,7 +859,8 @@ impl Replica {
 }
 
 enum RunSearch {
-    Found(ByteRange),
+    /// A run to read, and whether its digests (not its data) go to the peer.
+    Found(ByteRange, bool),
     Skip,
     Wrap,
     Exhausted,

@@ -280,6 +280,12 @@ impl VolumeHandle {
         self.shared.lock().replica.status()
     }
 
+    /// The ranges this node changed since the peer last had its data (after a split brain:
+    /// what discarding this node's data would lose).
+    pub fn changed_ranges(&self) -> Vec<(u64, u64)> {
+        self.shared.lock().replica.changed_ranges()
+    }
+
     /// Routes messages to the peer into a new channel and returns its receiving end; messages
     /// produced while no channel is installed are dropped (there is no link then).
     pub fn peer_channel(&self) -> tokio::sync::mpsc::UnboundedReceiver<PeerOutput> {

@@ -14,6 +14,10 @@
 //! - S4: whenever both nodes are connected, established and up to date with nothing in flight,
 //!   their data areas are byte-identical and neither marks anything out of sync;
 //! - liveness: after healing, the nodes reach that state within a bounded time;
+//! - online verify: a verify that runs while clients write reports no mismatch; a byte
+//!   corrupted behind the secondary's back is reported as exactly its granule, and the resync
+//!   of the marked granule makes the replicas identical again;
+//! - checksum resync (asked for, and after a crashed primary) ends with identical replicas;
 //! - no split brain is ever detected (the script never makes two primaries).
 
 use std::collections::HashMap;
@@ -56,6 +60,10 @@ pub struct ClusterReport {
     pub prefix_checks: u32,
     /// Catch-ups from the journal started, and finished (the target up to date).
     pub catch_ups: (u32, u32),
+    /// Online verifies that ran to the end, and planted corruptions they found.
+    pub verifies: (u32, u32),
+    /// Checksum resyncs started.
+    pub checksum_resyncs: u32,
     /// Messages delivered.
     pub messages: u64,
 }
@@ -113,6 +121,12 @@ enum Phase {
     Switchover,
     Invalidate,
     Restart,
+    /// An online verify while clients write.
+    VerifyUnderLoad,
+    /// A byte corrupted on the secondary, found by a verify and repaired.
+    VerifyCorruption,
+    /// `resync --checksum` while clients write.
+    ChecksumResync,
 }
 
 struct Node {
@@ -299,7 +313,10 @@ impl Cluster {
         if any_down && self.prng.chance(1, 2) {
             return Phase::Restart;
         }
-        match self.prng.below(21) {
+        match self.prng.below(24) {
+            21 => Phase::VerifyUnderLoad,
+            22 => Phase::VerifyCorruption,
+            23 => Phase::ChecksumResync,
             0..=8 => Phase::Workload,
             9 => Phase::CrashPrimary,
             10 | 20 => Phase::CrashPrimaryUnderLoad,
@@ -329,6 +346,9 @@ impl Cluster {
             Phase::CrashBoth => self.crash_both(),
             Phase::Switchover => self.switchover(),
             Phase::Invalidate => self.invalidate_secondary(),
+            Phase::VerifyUnderLoad => self.verify_under_load(),
+            Phase::VerifyCorruption => self.verify_corruption(),
+            Phase::ChecksumResync => self.checksum_resync(),
             Phase::Restart => {
                 for node in 0..2 {
                     if self.nodes[node].replica.is_none() {
@@ -514,6 +534,121 @@ impl Cluster {
             Ok(()) | Err(Refusal::ResyncRunning(_)) => Ok(()),
             Err(refusal) => Err(format!("invalidate refused: {refusal}")),
         }
+    }
+
+    /// Runs until the primary's verify ends; its report.
+    fn finish_verify(&mut self, primary: usize) -> Result<crate::replica::VerifyReport, String> {
+        let ended = |c: &Self| {
+            c.status(primary)
+                .and_then(|s| s.verify)
+                .is_some_and(|v| v.state != "running")
+        };
+        if !self.run_until(Duration::from_secs(60), ended)? {
+            return Err(format!("the verify never ended: {}", self.describe()));
+        }
+        let report = self.status(primary).and_then(|s| s.verify).expect("ended");
+        self.note(format!(
+            "verify {}: {} bytes differ in {:?}",
+            report.state, report.mismatched_bytes, report.mismatched_ranges
+        ));
+        Ok(report)
+    }
+
+    fn verify_under_load(&mut self) -> Result<(), String> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        match self.admin(primary, AdminCommand::Verify { mark: false })? {
+            Ok(()) => {}
+            Err(Refusal::NotConnected(_) | Refusal::ResyncRunning(_)) => return Ok(()),
+            Err(refusal) => return Err(format!("verify refused: {refusal}")),
+        }
+        self.workload(None)?;
+        if self.primary != Some(primary) {
+            return Ok(()); // It crashed meanwhile.
+        }
+        let report = self.finish_verify(primary)?;
+        if report.state == "finished" {
+            self.report.verifies.0 += 1;
+            if report.mismatched_bytes != 0 {
+                return Err(format!(
+                    "verify: a mismatch reported while clients wrote, on replicas that never                      diverged: {:?}",
+                    report.mismatched_ranges
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn verify_corruption(&mut self) -> Result<(), String> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        let secondary = 1 - primary;
+        if self.nodes[secondary].replica.is_none() {
+            return Ok(());
+        }
+        self.drain_clients()?;
+        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
+            return Ok(());
+        }
+        self.check_identical()?;
+        let offset = self.prng.below(self.layout.data_bytes);
+        let byte = self.nodes[secondary].disk.visible()[offset as usize];
+        self.nodes[secondary]
+            .disk
+            .write_durable(offset, &[byte ^ 0x5a]);
+        self.follows_history[secondary] = false;
+        self.note(format!(
+            "node {secondary}: byte {offset} corrupted behind its back"
+        ));
+        self.admin(primary, AdminCommand::Verify { mark: true })?
+            .map_err(|r| format!("verify refused on converged nodes: {r}"))?;
+        let report = self.finish_verify(primary)?;
+        if report.state != "finished" {
+            return Err(format!("verify {}: {:?}", report.state, report.reason));
+        }
+        let granule = u64::from(self.layout.params.granule_bytes);
+        let start = offset / granule * granule;
+        let expected = vec![[start, granule.min(self.layout.data_bytes - start)]];
+        if report.mismatched_ranges != expected || !report.marked {
+            return Err(format!(
+                "verify: byte {offset} corrupted on node {secondary}, reported {:?} (marked {}),                  expected {expected:?}",
+                report.mismatched_ranges, report.marked
+            ));
+        }
+        self.report.verifies.0 += 1;
+        self.report.verifies.1 += 1;
+        self.admin(
+            primary,
+            AdminCommand::Resync {
+                full: false,
+                checksum: false,
+            },
+        )?
+        .map_err(|r| format!("resync of the marked granule refused: {r}"))?;
+        self.converge(Duration::from_secs(30))
+    }
+
+    fn checksum_resync(&mut self) -> Result<(), String> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        self.drain_clients()?;
+        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
+            return Ok(());
+        }
+        self.admin(
+            primary,
+            AdminCommand::Resync {
+                full: false,
+                checksum: true,
+            },
+        )?
+        .map_err(|r| format!("checksum resync refused on converged nodes: {r}"))?;
+        self.report.checksum_resyncs += 1;
+        self.workload(None)?;
+        Ok(())
     }
 
     fn promote(&mut self, node: usize, force: bool) -> Result<(), String> {

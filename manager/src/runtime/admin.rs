@@ -120,14 +120,25 @@ pub fn call(
 /// The engine command for a volume request.
 pub(super) fn engine_command(request: &Request) -> Option<(String, AdminCommand)> {
     Some(match request {
-        Request::Status => return None,
+        Request::Status | Request::SplitBrainResolve { .. } => return None,
         Request::Primary { volume, force } => {
             (volume.clone(), AdminCommand::Promote { force: *force })
         }
         Request::Secondary { volume } => (volume.clone(), AdminCommand::Demote),
         Request::Connect { volume } => (volume.clone(), AdminCommand::Connect),
         Request::Disconnect { volume } => (volume.clone(), AdminCommand::Disconnect),
-        Request::Resync { volume, full } => (volume.clone(), AdminCommand::Resync { full: *full }),
+        Request::Resync {
+            volume,
+            full,
+            checksum,
+        } => (
+            volume.clone(),
+            AdminCommand::Resync {
+                full: *full,
+                checksum: *checksum,
+            },
+        ),
+        Request::Verify { volume, mark } => (volume.clone(), AdminCommand::Verify { mark: *mark }),
         Request::Invalidate { volume } => (volume.clone(), AdminCommand::Invalidate),
     })
 }

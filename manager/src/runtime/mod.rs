@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod link;
+pub mod split_brain;
 pub mod volume;
 
 use std::sync::Arc;
@@ -29,11 +30,30 @@ pub struct Daemon {
 impl Daemon {
     /// Carries out an admin request.
     pub async fn execute(&self, request: Request) -> Response {
+        if let Request::SplitBrainResolve {
+            volume,
+            keep,
+            save_discarded,
+        } = request
+        {
+            return match self
+                .resolve_split_brain(&volume, &keep, save_discarded)
+                .await
+            {
+                Ok(message) => {
+                    tracing::info!(volume = %volume, "split-brain resolve: {message}");
+                    Response {
+                        message: Some(message),
+                        ..Response::done()
+                    }
+                }
+                Err(error) => Response::refused(error),
+            };
+        }
         let Some((name, command)) = admin::engine_command(&request) else {
             return Response {
-                ok: true,
-                error: None,
                 status: Some(self.report().await),
+                ..Response::done()
             };
         };
         let volumes = self.volumes.read().await;
@@ -49,6 +69,53 @@ impl Daemon {
             Ok(()) => Response::done(),
             Err(error) => Response::refused(format!("{name}: {error}")),
         }
+    }
+
+    /// `split-brain resolve`: refuses with one line and changes nothing unless the volume is
+    /// in split brain, `keep` names a node, and the discarded side's blocks were saved.
+    async fn resolve_split_brain(
+        &self,
+        name: &str,
+        keep: &str,
+        save_discarded: Option<std::path::PathBuf>,
+    ) -> Result<String, String> {
+        let volumes = self.volumes.read().await;
+        let volume = volumes
+            .iter()
+            .find(|v| v.section.name == name)
+            .ok_or_else(|| format!("no volume {name:?}"))?;
+        let handle = volume.handle()?;
+        if self.config.node(keep).is_err() {
+            let nodes: Vec<&str> = self.config.nodes.iter().map(|n| n.name.as_str()).collect();
+            return Err(format!(
+                "{name}: unknown node {keep:?} (nodes: {})",
+                nodes.join(", ")
+            ));
+        }
+        if !handle.status().split_brain {
+            return Err(format!("{name}: not in split brain"));
+        }
+        if keep == self.node {
+            let command = engine::replica::AdminCommand::SplitBrainResolve { keep_self: true };
+            volume
+                .admin(command)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            return Ok(format!(
+                "{name}: this node keeps its data; the peer resyncs from it once the same                  command has run there"
+            ));
+        }
+        let discard = split_brain::Discard {
+            volume: name.to_string(),
+            node: self.node.clone(),
+            backing: volume
+                .section
+                .backing_for(&self.node)
+                .map_err(|e| e.to_string())?
+                .to_path_buf(),
+            dir: save_discarded,
+        };
+        discard.run(handle).await
     }
 
     async fn report(&self) -> NodeReport {

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use engine::replica::{AdminCommand, ReplicaConfig, ReplicaStatus};
+use engine::replica::{AdminCommand, ReplicaConfig, ReplicaStatus, SplitBrainPolicy};
 use engine::runtime::link::{Hello, LinkConfig};
 use engine::runtime::{LocalVolume, RuntimeOptions, VolumeHandle};
 use engine::state::{DiskState, Role};
@@ -11,7 +11,7 @@ use engine::types::NodeId;
 use ublk_target::nbd::{self, BlockBackend, ExportRegistry, ExportState, NbdLimits};
 
 use super::link::{self, LinkEnd, LinkTotals};
-use crate::config::{Compression, Config, Frontend, VolumeSection};
+use crate::config::{AfterSplitBrain, Compression, Config, Frontend, VolumeSection};
 use crate::status::{JournalReport, SyncReport, VolumeReport};
 
 /// The engine's largest client request, and the NBD server's.
@@ -31,6 +31,10 @@ pub struct VolumeService {
     link_totals: Arc<LinkTotals>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     node_name: String,
+    /// Where a split-brain policy saves this node's discarded blocks.
+    pub discard_dir: std::path::PathBuf,
+    /// An automatic split-brain resolution ran (it runs once per daemon start).
+    auto_resolution: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Adapts a volume handle to the NBD server.
@@ -70,6 +74,13 @@ impl VolumeService {
             link_totals: Arc::new(LinkTotals::default()),
             tasks: Vec::new(),
             node_name: node_name.to_string(),
+            discard_dir: section.discard_dir.clone().unwrap_or_else(|| {
+                config
+                    .node(node_name)
+                    .map(|node| node.state_dir.join("discarded"))
+                    .expect("validated")
+            }),
+            auto_resolution: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         };
         let node_index = config
             .nodes
@@ -236,11 +247,65 @@ impl VolumeService {
         self.handle.as_ref().map(VolumeHandle::status)
     }
 
-    /// Periodic housekeeping: the export follows the role.
+    /// Periodic housekeeping: the export follows the role; a split brain that a policy
+    /// resolved against this node gets its blocks saved, then the resync.
     pub fn reconcile(&self) {
         if let Some(handle) = &self.handle {
             self.reconcile_export(handle);
+            self.resolve_automatically(handle);
         }
+    }
+
+    fn resolve_automatically(&self, handle: &VolumeHandle) {
+        use std::sync::atomic::Ordering;
+        let status = handle.status();
+        let Some(rule) = status
+            .split_brain_detail
+            .as_ref()
+            .and_then(|detail| detail.discard_pending)
+        else {
+            return;
+        };
+        if self.auto_resolution.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let job = super::split_brain::Discard {
+            volume: self.section.name.clone(),
+            node: self.node_name.clone(),
+            backing: self
+                .section
+                .backing_for(&self.node_name)
+                .expect("validated")
+                .to_path_buf(),
+            dir: Some(self.discard_dir.clone()),
+        };
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            tracing::warn!(
+                volume = %job.volume,
+                "split brain: the policy discards this node's changes by rule={rule}; saving them \
+                 to {} first",
+                job.dir.as_ref().expect("set").display()
+            );
+            match job.run(&handle).await {
+                Ok(message) => tracing::info!(volume = %job.volume, "{message}"),
+                Err(error) => tracing::error!(
+                    volume = %job.volume,
+                    "split brain left unresolved: {error}; resolve it with `tandem split-brain \
+                     resolve`"
+                ),
+            }
+        });
+    }
+
+    /// The engine's handle, while the volume is open.
+    pub fn handle(&self) -> Result<&VolumeHandle, String> {
+        self.handle.as_ref().ok_or_else(|| self.down_reason())
+    }
+
+    /// This node's name.
+    pub fn node_name(&self) -> &str {
+        &self.node_name
     }
 
     fn down_reason(&self) -> String {
@@ -289,6 +354,7 @@ impl VolumeService {
                 kind: s.kind.to_string(),
                 remaining_bytes: s.remaining_bytes,
             }),
+            verify: status.verify.map(Into::into),
             unacked_bytes: status.unacked_bytes,
             journal: JournalReport {
                 active: status.journal.active,
@@ -299,6 +365,7 @@ impl VolumeService {
                 overflows: status.journal.overflows,
             },
             split_brain: status.split_brain,
+            split_brain_detail: status.split_brain_detail.clone(),
             device: if serving {
                 self.nbd_device.clone()
             } else {
@@ -359,6 +426,12 @@ fn replica_config(section: &VolumeSection, node_index: usize) -> ReplicaConfig {
         crate::config::Protocol::C => engine::replica::Protocol::C,
     };
     config.journal_memory_bytes_max = section.journal_memory.0;
+    config.after_split_brain = match section.after_split_brain {
+        AfterSplitBrain::Disconnect => SplitBrainPolicy::Disconnect,
+        AfterSplitBrain::DiscardZeroChanges => SplitBrainPolicy::DiscardZeroChanges,
+        AfterSplitBrain::DiscardLeastChanges => SplitBrainPolicy::DiscardLeastChanges,
+        AfterSplitBrain::DiscardYoungerPrimary => SplitBrainPolicy::DiscardYoungerPrimary,
+    };
     config.request_bytes_max = REQUEST_BYTES_MAX;
     config.resync_rate_bytes_per_second_max = section.resync_rate.map(|r| r.0);
     config

@@ -138,3 +138,115 @@ fn holds(state: &VolumeReport, condition: Condition) -> bool {
         Condition::Primary => state.role == "primary",
     }
 }
+
+/// The volume's status on this node.
+fn volume_report(config: &Config, node: &str, volume: &str) -> anyhow::Result<VolumeReport> {
+    status(config, node)?
+        .volumes
+        .into_iter()
+        .find(|v| v.name == volume)
+        .ok_or_else(|| anyhow::anyhow!("the daemon does not run volume {volume}"))
+}
+
+/// Waits for the verify just started to end and prints what it found. A verify that was
+/// aborted is an error.
+pub(crate) fn wait_verify(
+    config: &Config,
+    node: &str,
+    volume: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let verify = loop {
+        let report = volume_report(config, node, volume)?;
+        match report.verify {
+            Some(verify) if verify.state != "running" => break verify,
+            Some(_) => std::thread::sleep(Duration::from_millis(200)),
+            None => anyhow::bail!("{volume}: the daemon reports no verify"),
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&verify)?);
+    } else {
+        println!("{volume}: {}", verify.summary());
+        for [offset, length] in &verify.mismatched_ranges {
+            println!(
+                "  differs: bytes {offset}..{} ({length} bytes)",
+                offset + length
+            );
+        }
+        if !verify.ranges_complete {
+            println!("  (only the first ranges are listed)");
+        }
+    }
+    if verify.state == "aborted" {
+        anyhow::bail!(
+            "the verify was aborted: {}",
+            verify.reason.as_deref().unwrap_or("unknown reason")
+        );
+    }
+    Ok(())
+}
+
+/// `split-brain show`.
+pub(crate) fn show_split_brain(
+    config: &Config,
+    node: &str,
+    volume: &str,
+    json: bool,
+) -> anyhow::Result<()> {
+    let report = volume_report(config, node, volume)?;
+    let Some(detail) = report.split_brain_detail else {
+        if report.split_brain {
+            anyhow::bail!(
+                "{volume}: split brain detected, but this daemon has no detail (restarted since?): \
+                 run `tandem volume connect {volume}` on both nodes to detect it again"
+            );
+        }
+        anyhow::bail!("{volume}: not in split brain");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        return Ok(());
+    }
+    let name_of = |id: u8| {
+        config
+            .nodes
+            .get(usize::from(id))
+            .map_or_else(|| format!("node {id}"), |n| n.name.clone())
+    };
+    println!(
+        "{volume}: split brain detected by rule={} at {} (Unix ms)",
+        detail.rule, detail.detected_unix_millis
+    );
+    for (label, side) in [("this node", &detail.this_node), ("peer", &detail.peer)] {
+        println!(
+            "  {label} {}: {}, diverged at {} (Unix ms), changed {} in {} range{}",
+            name_of(side.node_id),
+            side.role,
+            side.diverged_unix_millis,
+            manager::status::human_bytes(side.changed_bytes),
+            side.ranges.len(),
+            if side.ranges.len() == 1 { "" } else { "s" },
+        );
+        if !side.known {
+            println!("    (ranges unknown: only the count of changed granules is)");
+        }
+        for [offset, length] in &side.ranges {
+            println!("    bytes {offset}..{} ({length} bytes)", offset + length);
+        }
+        if !side.ranges_complete {
+            println!("    (only the first ranges are listed)");
+        }
+    }
+    if let Some(rule) = detail.discard_pending {
+        println!("  the policy discards this node's changes by rule={rule}; saving them first");
+    }
+    if detail.discarding {
+        println!("  this node was told to discard its changes; waiting for the peer");
+    }
+    println!(
+        "  resolve: tandem split-brain resolve {volume} --keep NODE --save-discarded DIR (on both \
+         nodes)"
+    );
+    Ok(())
+}

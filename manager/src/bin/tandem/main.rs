@@ -66,6 +66,38 @@ enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// After a split brain: what each side changed, and resolving it.
+    SplitBrain {
+        #[command(subcommand)]
+        command: SplitBrainCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SplitBrainCommand {
+    /// The ranges each side changed since their common ancestor, and which node was primary
+    /// on each side and since when.
+    Show {
+        /// The volume.
+        volume: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep NODE's data. Run it on both nodes: the discarded node first saves its changed
+    /// blocks to --save-discarded DIR (synced to disk; a failed save changes nothing), then
+    /// resyncs only the diverged ranges from the kept node.
+    Resolve {
+        /// The volume.
+        volume: String,
+        /// The node whose data is kept.
+        #[arg(long)]
+        keep: String,
+        /// Save the discarded node's changed blocks here first: a sparse image of the volume,
+        /// the list of ranges, and a RESTORE file with the command to write them back.
+        #[arg(long)]
+        save_discarded: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,8 +130,26 @@ enum VolumeCommand {
         /// The volume.
         volume: String,
         /// Every block.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "checksum")]
         full: bool,
+        /// Every block, compared by checksum first: only the blocks that differ are sent.
+        #[arg(long)]
+        checksum: bool,
+    },
+    /// Compare VOLUME on both nodes while it is in use, and report the ranges that differ.
+    /// Run it on the primary. Waits for the result unless --no-wait.
+    Verify {
+        /// The volume.
+        volume: String,
+        /// Mark the differing blocks out of sync here, so `volume resync` repairs them.
+        #[arg(long)]
+        mark: bool,
+        /// Start it and return; `status` shows progress and the result.
+        #[arg(long)]
+        no_wait: bool,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Throw away this node's data of VOLUME; it becomes the target of a full sync.
     Invalidate {
@@ -170,6 +220,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let node = this_node(&config, cli.node.as_deref())?;
             volume_command(&config, &node, command)
         }
+        Command::SplitBrain { command } => {
+            let node = this_node(&config, cli.node.as_deref())?;
+            match command {
+                SplitBrainCommand::Show { volume, json } => {
+                    client::show_split_brain(&config, &node, &volume, json)
+                }
+                SplitBrainCommand::Resolve {
+                    volume,
+                    keep,
+                    save_discarded,
+                } => {
+                    let save_discarded =
+                        save_discarded.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
+                    let request = manager::admin::Request::SplitBrainResolve {
+                        volume,
+                        keep,
+                        save_discarded,
+                    };
+                    let response = client::send(&config, &node, &request)?;
+                    if let Some(message) = response.message {
+                        println!("{message}");
+                    }
+                    Ok(())
+                }
+            }
+        }
         Command::Config {
             command: ConfigCommand::Check,
         } => {
@@ -199,7 +275,34 @@ fn volume_command(config: &Config, node: &str, command: VolumeCommand) -> anyhow
         VolumeCommand::Secondary { volume } => Request::Secondary { volume },
         VolumeCommand::Connect { volume } => Request::Connect { volume },
         VolumeCommand::Disconnect { volume } => Request::Disconnect { volume },
-        VolumeCommand::Resync { volume, full } => Request::Resync { volume, full },
+        VolumeCommand::Resync {
+            volume,
+            full,
+            checksum,
+        } => Request::Resync {
+            volume,
+            full,
+            checksum,
+        },
+        VolumeCommand::Verify {
+            volume,
+            mark,
+            no_wait,
+            json,
+        } => {
+            client::send(
+                config,
+                node,
+                &Request::Verify {
+                    volume: volume.clone(),
+                    mark,
+                },
+            )?;
+            if no_wait {
+                return Ok(());
+            }
+            return client::wait_verify(config, node, &volume, json);
+        }
         VolumeCommand::Invalidate { volume } => Request::Invalidate { volume },
     };
     client::send(config, node, &request)?;
