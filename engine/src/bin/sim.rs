@@ -50,8 +50,8 @@ fn main() -> ExitCode {
     let bug_flag = planted_bug.map_or(String::new(), |bug| format!(" --plant-bug {}", bug.name()));
     let run_single = only.as_deref() != Some("cluster");
     let run_cluster = only.as_deref() != Some("single");
-    let run = |seed: u64| -> Result<[u64; 12], String> {
-        let mut totals = [0; 12];
+    let run = |seed: u64| -> Result<[u64; 13], String> {
+        let mut totals = [0; 13];
         if run_single {
             let report =
                 run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
             totals[9] += u64::from(report.verifies.0);
             totals[10] += u64::from(report.verifies.1);
             totals[11] += u64::from(report.checksum_resyncs);
+            totals[12] += u64::from(report.split_brains);
         }
         Ok(totals)
     };
@@ -100,7 +101,7 @@ fn main() -> ExitCode {
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = [0u64; 12];
+    let mut totals = [0u64; 13];
     for seed in first..first + count {
         match run(seed) {
             Ok(seed_totals) => {
@@ -126,7 +127,8 @@ fn main() -> ExitCode {
     println!(
         "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
          {} resyncs, {} identical-replica checks, {} prefix checks, {} journal catch-ups ({} \
-         finished), {} verifies ({} planted corruptions found), {} checksum resyncs",
+         finished), {} verifies ({} planted corruptions found), {} checksum resyncs, {} split brains \
+         resolved",
         started.elapsed().as_secs_f64(),
         totals[0],
         totals[1],
@@ -139,7 +141,8 @@ fn main() -> ExitCode {
         totals[8],
         totals[9],
         totals[10],
-        totals[11]
+        totals[11],
+        totals[12]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

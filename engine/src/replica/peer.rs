@@ -163,8 +163,13 @@ impl Replica {
         ) {
             return;
         }
+        let exchanging = self.split_brain_exchanging();
         self.lose_peer();
         self.set_conn(ConnState::Unconnected, reason);
+        if exchanging {
+            // The peer saw the split brain too and closed first: act on it all the same.
+            self.split_brain_link_lost(reason);
+        }
     }
 
     /// Everything that depends on the link ends: writes awaiting acks, resync, the peer's state.

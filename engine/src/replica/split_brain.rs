@@ -214,6 +214,26 @@ impl Replica {
     }
 
     fn end_split_brain_exchange(&mut self, decision: SyncDecision) {
+        let (reason, stand_alone) = self.split_brain_outcome(decision);
+        if stand_alone {
+            self.refuse_link(&reason);
+        } else {
+            self.close_link(&reason);
+        }
+    }
+
+    /// The link dropped while the peer's bitmap was coming: its ranges stay unknown, the
+    /// outcome is the same.
+    pub(super) fn split_brain_link_lost(&mut self, why: &str) {
+        let (reason, stand_alone) = self.split_brain_outcome(SyncDecision::SplitBrainAutoRecover);
+        if stand_alone {
+            self.set_conn(ConnState::StandAlone, format!("{reason} ({why})"));
+        }
+    }
+
+    /// What the policy makes of the split brain: the reason, and whether to stay stand-alone
+    /// (else keep reconnecting: the peer discards its changes once saved).
+    fn split_brain_outcome(&mut self, decision: SyncDecision) -> (String, bool) {
         let detail = self.peer.split_brain_detail.as_mut().expect("detected");
         let rule = detail.rule;
         match loser(
@@ -224,19 +244,26 @@ impl Replica {
         ) {
             Some((true, by)) => {
                 detail.discard_pending = Some(by);
-                self.refuse_link(&format!(
+                let reason = format!(
                     "split brain detected by rule={rule}; the policy discards this node's \
                      changes by rule={by}: saving them before the resync"
-                ));
+                );
+                (reason, true)
             }
-            Some((false, by)) => self.close_link(&format!(
-                "split brain detected by rule={rule}; the policy discards the peer's changes \
-                 by rule={by}: waiting for it to save them"
-            )),
-            None => self.refuse_link(&format!(
-                "split brain detected by rule={rule}; resolve it with `tandem split-brain \
-                 resolve`"
-            )),
+            Some((false, by)) => {
+                let reason = format!(
+                    "split brain detected by rule={rule}; the policy discards the peer's changes \
+                     by rule={by}: waiting for it to save them"
+                );
+                (reason, false)
+            }
+            None => {
+                let reason = format!(
+                    "split brain detected by rule={rule}; resolve it with `tandem split-brain \
+                     resolve`"
+                );
+                (reason, true)
+            }
         }
     }
 

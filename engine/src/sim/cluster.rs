@@ -18,7 +18,9 @@
 //!   corrupted behind the secondary's back is reported as exactly its granule, and the resync
 //!   of the marked granule makes the replicas identical again;
 //! - checksum resync (asked for, and after a crashed primary) ends with identical replicas;
-//! - no split brain is ever detected (the script never makes two primaries).
+//! - S5: when the script makes two primaries (a split-brain phase), both detect it when they
+//!   meet and neither overwrites the other; after the operator's resolution the replicas are
+//!   identical and hold the kept side's data; no split brain is detected anywhere else.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -29,7 +31,7 @@ use super::harness::SimOptions;
 use super::model::{Model, ModelWrite, SectorContent, decode_sector, stamp_sector};
 use super::network::{Delivery, NetworkTiming, SimNetwork};
 use super::prefix::History;
-use crate::buffer::IoBufMut;
+use crate::buffer::{IoBuf, IoBufMut};
 use crate::format::{FormatOptions, InitialData, format};
 use crate::generation::Generation;
 use crate::layout::{Layout, LayoutParams};
@@ -64,6 +66,8 @@ pub struct ClusterReport {
     pub verifies: (u32, u32),
     /// Checksum resyncs started.
     pub checksum_resyncs: u32,
+    /// Split brains detected by both sides and resolved.
+    pub split_brains: u32,
     /// Messages delivered.
     pub messages: u64,
 }
@@ -108,6 +112,8 @@ enum Pending {
         submitted: u64,
     },
     Flush,
+    /// A write on the other side of a split brain (the model does not follow it).
+    Diverging,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,6 +133,8 @@ enum Phase {
     VerifyCorruption,
     /// `resync --checksum` while clients write.
     ChecksumResync,
+    /// Both nodes primary while apart, then resolved keeping the primary's data.
+    SplitBrain,
 }
 
 struct Node {
@@ -147,6 +155,8 @@ struct Cluster {
     history: History,
     /// Which nodes' images follow that history (not since a crash or a failover elsewhere).
     follows_history: [bool; 2],
+    /// A split-brain phase runs: detecting one is expected.
+    expect_split_brain: bool,
     protocol: Protocol,
     steps: u64,
     /// A state changed: check S2 after this event.
@@ -256,6 +266,7 @@ impl Cluster {
             model: Model::new(layout.data_bytes),
             history: History::new((layout.data_bytes / SECTOR_BYTES) as usize),
             follows_history: [true; 2],
+            expect_split_brain: false,
             protocol,
             steps: 0,
             check_prefix_now: false,
@@ -313,7 +324,8 @@ impl Cluster {
         if any_down && self.prng.chance(1, 2) {
             return Phase::Restart;
         }
-        match self.prng.below(24) {
+        match self.prng.below(25) {
+            24 => Phase::SplitBrain,
             21 => Phase::VerifyUnderLoad,
             22 => Phase::VerifyCorruption,
             23 => Phase::ChecksumResync,
@@ -349,6 +361,7 @@ impl Cluster {
             Phase::VerifyUnderLoad => self.verify_under_load(),
             Phase::VerifyCorruption => self.verify_corruption(),
             Phase::ChecksumResync => self.checksum_resync(),
+            Phase::SplitBrain => self.split_brain(),
             Phase::Restart => {
                 for node in 0..2 {
                     if self.nodes[node].replica.is_none() {
@@ -628,6 +641,81 @@ impl Cluster {
         )?
         .map_err(|r| format!("resync of the marked granule refused: {r}"))?;
         self.converge(Duration::from_secs(30))
+    }
+
+    fn split_brain(&mut self) -> Result<(), String> {
+        let Some(primary) = self.primary else {
+            return Ok(());
+        };
+        let other = 1 - primary;
+        if self.nodes[other].replica.is_none() {
+            return Ok(());
+        }
+        self.drain_clients()?;
+        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
+            return Ok(());
+        }
+        self.check_identical()?;
+        self.expect_split_brain = true;
+        for node in [primary, other] {
+            self.admin(node, AdminCommand::Disconnect)?
+                .map_err(|r| format!("disconnect: {r}"))?;
+        }
+        self.workload(None)?;
+        if self.primary != Some(primary) {
+            self.expect_split_brain = false;
+            return Ok(());
+        }
+        // The other side is promoted too, and writes.
+        self.follows_history[other] = false;
+        self.promote(other, true)?;
+        let writes = self.prng.range_inclusive(1, 8);
+        for _ in 0..writes {
+            let (offset, length) = self.random_range();
+            let data = IoBuf::copy_from(&vec![0xEE; length as usize]);
+            let op = ClientOp::Write {
+                offset,
+                data,
+                fua: false,
+            };
+            self.submit(other, op, Some(Pending::Diverging));
+        }
+        self.drain_clients()?;
+        self.admin(other, AdminCommand::Demote)?
+            .map_err(|r| format!("demote: {r}"))?;
+        self.network.heal(self.now);
+        let before = [self.image(0).to_vec(), self.image(1).to_vec()];
+        for node in [primary, other] {
+            self.admin(node, AdminCommand::Connect)?
+                .map_err(|r| format!("connect: {r}"))?;
+        }
+        let detected = |c: &Self| {
+            (0..2).all(|n| {
+                c.status(n)
+                    .is_some_and(|s| s.split_brain && s.connection == ConnState::StandAlone)
+            })
+        };
+        if !self.run_until(Duration::from_secs(10), detected)? {
+            return Err(format!(
+                "S5: two primaries met and did not both detect a split brain: {}",
+                self.describe()
+            ));
+        }
+        for (node, before) in before.iter().enumerate() {
+            if self.image(node) != before.as_slice() {
+                return Err(format!(
+                    "S5: node {node} changed data after the split brain"
+                ));
+            }
+        }
+        self.report.split_brains += 1;
+        self.admin(primary, AdminCommand::SplitBrainResolve { keep_self: true })?
+            .map_err(|r| format!("resolve (keep): {r}"))?;
+        self.admin(other, AdminCommand::SplitBrainResolve { keep_self: false })?
+            .map_err(|r| format!("resolve (discard): {r}"))?;
+        self.expect_split_brain = false;
+        self.converge(Duration::from_secs(30))?;
+        self.verify_primary(Check::Read)
     }
 
     fn checksum_resync(&mut self) -> Result<(), String> {
@@ -1085,6 +1173,7 @@ impl Cluster {
                 }
             }
             (Pending::Flush, Ok(_)) => self.model.complete_flush(tag),
+            (Pending::Diverging, Ok(_)) => {}
             (pending, result) => {
                 return Err(format!("request {tag} ({pending:?}) ended with {result:?}"));
             }
@@ -1295,7 +1384,7 @@ impl Cluster {
                         self.follows_history[node] &= self.follows_history[1 - node];
                     }
                     let line = event.to_string();
-                    if line.contains("split brain") {
+                    if line.contains("split brain") && !self.expect_split_brain {
                         return Err(format!("node {node}: {line}"));
                     }
                     if line.starts_with("replication sync_target -> established") {
