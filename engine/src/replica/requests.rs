@@ -76,6 +76,8 @@ struct PendingWrite {
     /// The superblock version that must be durable before the write completes (after the peer
     /// was lost while the write was in flight).
     completion_gate: u64,
+    /// The connection it arrived on (peer and resync writes): its ack goes only to that one.
+    connection: u64,
 }
 
 /// A client flush: the local flush and, while replicating, the peer's.
@@ -121,6 +123,9 @@ pub(super) struct Requests {
     peer_received_seq: Seq,
     /// The primary's flushes: each runs once every write received before it has completed.
     peer_flushes: Vec<(u64, Seq)>,
+    /// Counts lost connections: a write from the peer that completes after its connection is
+    /// gone is applied but not acknowledged (the new connection never sent it).
+    connection: u64,
 }
 
 /// A client write the peer has not written yet.
@@ -469,6 +474,7 @@ impl Replica {
             local: None,
             awaiting_peer: false,
             completion_gate: 0,
+            connection: self.requests.connection,
         };
         self.requests.writes.insert(id, write);
         self.requests.queued.push_back(id);
@@ -738,6 +744,7 @@ impl Replica {
     /// divergence is durable. Replicated writes received here still complete (under protocol B
     /// the primary may already have completed them).
     pub(super) fn writes_lose_peer(&mut self) {
+        self.requests.connection += 1;
         let unacked = std::mem::take(&mut self.requests.unacked);
         self.requests.unacked_bytes = 0;
         // A write the peer may lack that the journal does not hold (sent before the journal
@@ -825,9 +832,14 @@ impl Replica {
             }
             Origin::Peer { seq, .. } => {
                 self.requests.peer_incomplete.remove(&seq);
-                self.send(PeerMessage::WriteAck { seq, ok });
+                if write.connection == self.requests.connection {
+                    self.send(PeerMessage::WriteAck { seq, ok });
+                }
             }
-            Origin::Resync => self.resync_write_done(write.range, ok),
+            Origin::Resync => {
+                let current = write.connection == self.requests.connection;
+                self.resync_write_done(write.range, ok, current);
+            }
         }
     }
 
@@ -924,9 +936,14 @@ impl Replica {
                 Origin::Client { parent } => self.chunk_done(parent, false),
                 Origin::Peer { seq, .. } => {
                     self.requests.peer_incomplete.remove(&seq);
-                    self.send(PeerMessage::WriteAck { seq, ok: false });
+                    if write.connection == self.requests.connection {
+                        self.send(PeerMessage::WriteAck { seq, ok: false });
+                    }
                 }
-                Origin::Resync => self.resync_write_done(write.range, false),
+                Origin::Resync => {
+                    let current = write.connection == self.requests.connection;
+                    self.resync_write_done(write.range, false, current);
+                }
             }
         }
     }

@@ -683,12 +683,16 @@ impl Replica {
         self.queue_resync_write(offset, data)
     }
 
-    /// A resync write on the target completed.
-    pub(super) fn resync_write_done(&mut self, range: ByteRange, ok: bool) {
+    /// A resync write on the target completed (`current`: on this connection; the source of an
+    /// earlier one is not told).
+    pub(super) fn resync_write_done(&mut self, range: ByteRange, ok: bool, current: bool) {
         let now = self.now.monotonic;
         if ok && let Some(volume) = self.volume.as_mut() {
             let granules = volume.whole_granules(range);
             volume.bitmap.clear(granules);
+        }
+        if !current {
+            return;
         }
         if let Some(Resync::Target(target)) = &mut self.peer.resync {
             target.progress.add(now, range.length);
