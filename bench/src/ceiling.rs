@@ -22,17 +22,32 @@ pub fn run(
     schedule: Schedule,
     data: &DataSet,
 ) -> anyhow::Result<RunStats> {
-    let targets = files.map(|file| {
-        Backing::open(file)
-            .map(RawTarget)
-            .with_context(|| format!("opening {}", file.display()))
-    });
-    let [first, second] = targets;
-    let targets = [first?, second?];
+    run_files(
+        &[(files[0], "ceiling-a"), (files[1], "ceiling-b")],
+        workload,
+        span_bytes,
+        schedule,
+        data,
+    )
+}
+
+/// Writes every file of `files` at once, each by its own group of writer threads named after
+/// it; returns the per-file average as [`run`] does. With one file this is a raw writer alone.
+pub fn run_files(
+    files: &[(&Path, &str)],
+    workload: Workload,
+    span_bytes: u64,
+    schedule: Schedule,
+    data: &DataSet,
+) -> anyhow::Result<RunStats> {
+    let mut targets = Vec::with_capacity(files.len());
+    for &(file, name) in files {
+        let backing = Backing::open(file).with_context(|| format!("opening {}", file.display()))?;
+        targets.push((RawTarget(backing), name));
+    }
     let results: Vec<anyhow::Result<RunStats>> = std::thread::scope(|scope| {
         let runs: Vec<_> = targets
             .iter()
-            .zip(["ceiling-a", "ceiling-b"])
             .map(|(target, name)| {
                 scope.spawn(move || {
                     local::run_with(target, workload, span_bytes, schedule, data, name)
@@ -46,7 +61,7 @@ pub fn run(
             })
             .collect()
     });
-    let mut runs = Vec::with_capacity(2);
+    let mut runs = Vec::with_capacity(files.len());
     for result in results {
         runs.push(result?);
     }

@@ -58,11 +58,22 @@ impl Workload {
         (blocks / self.queue_depth.max(1) as u64).max(1)
     }
 
+    /// The first block writer `writer` writes, of `blocks` in the span (for a sequential
+    /// workload the start of its stripe).
+    pub fn first_block(&self, writer: u64, blocks: u64) -> u64 {
+        self.block(writer, 0, blocks, &mut writer_prng(writer))
+    }
+
     /// The first block of sequential writer `writer`'s stripe (its first write), of `blocks` in
     /// the span.
     pub fn stripe_start(&self, writer: u64, blocks: u64) -> u64 {
         writer * self.stripe_blocks(blocks) % blocks.max(1)
     }
+}
+
+/// The offsets of random writer `writer`, the same in every run.
+fn writer_prng(writer: u64) -> Prng {
+    Prng::from_seed(writer + 1)
 }
 
 /// How long a run lasts: a warm-up that is not measured, then the measured part.
@@ -220,7 +231,7 @@ impl Writers<'_> {
     /// One writer: writes until the schedule ends or another writer fails; returns the
     /// latencies of the writes begun after the warm-up.
     fn run(&self, writer: u64) -> anyhow::Result<Vec<Duration>> {
-        let mut prng = Prng::from_seed(writer + 1);
+        let mut prng = writer_prng(writer);
         let mut latencies = Vec::new();
         let end = self.schedule.warmup + self.schedule.measure;
         let mut step = 0u64;

@@ -112,6 +112,8 @@ pub struct FioResult {
     pub p50: Duration,
     /// 99th percentile latency.
     pub p99: Duration,
+    /// 99.9th percentile latency, if fio reported it.
+    pub p999: Option<Duration>,
 }
 
 /// Runs fio against `uri`: one job, sequential `workload.block_bytes` writes over
@@ -219,6 +221,7 @@ fn parse_fio(stdout: &str) -> anyhow::Result<FioResult> {
         seconds: number(&write["runtime"], "runtime")? / 1e3,
         p50: nanos(number(&latency["50.000000"], "p50")?),
         p99: nanos(number(&latency["99.000000"], "p99")?),
+        p999: latency["99.900000"].as_f64().map(nanos),
     })
 }
 
@@ -230,12 +233,14 @@ mod tests {
     fn reads_fio_json() {
         let text = r#"note: both iodepth >= 1 and synchronous I/O engine
 {"jobs": [{"write": {"io_bytes": 2097152, "total_ios": 2, "runtime": 1000,
-  "lat_ns": {"percentile": {"50.000000": 1500000, "99.000000": 3000000}}}}]}"#;
+  "lat_ns": {"percentile": {"50.000000": 1500000, "99.000000": 3000000,
+  "99.900000": 5000000}}}}]}"#;
         let result = parse_fio(text).expect("parsed");
         assert_eq!(result.operations, 2);
         assert_eq!(result.bytes, 2 << 20);
         assert_eq!(result.p50, Duration::from_micros(1500));
         assert_eq!(result.p99, Duration::from_millis(3));
+        assert_eq!(result.p999, Some(Duration::from_millis(5)));
         assert!((result.seconds - 1.0).abs() < 1e-9);
     }
 }

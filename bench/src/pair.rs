@@ -52,6 +52,64 @@ pub struct PairConfig {
     pub files: [PathBuf; 2],
     /// How each node compresses what it sends.
     pub compression: Compression,
+    /// When a client write completes (both nodes use the same, as the daemon's configuration
+    /// makes them).
+    pub protocol: Protocol,
+    /// The metadata layout both backing files are formatted with (the journal ring's size is
+    /// `journal_bytes`).
+    pub layout: LayoutParams,
+    /// Payload bytes of the journal's memory tier on each node.
+    pub journal_memory_bytes: u64,
+}
+
+impl PairConfig {
+    /// Protocol C, the default layout and journal memory, as the daemon's defaults are.
+    pub fn new(files: [PathBuf; 2], compression: Compression) -> Self {
+        Self {
+            files,
+            compression,
+            protocol: Protocol::C,
+            layout: LayoutParams::default(),
+            journal_memory_bytes: ReplicaConfig::new(VOLUME_NAME, NodeId(0))
+                .journal_memory_bytes_max,
+        }
+    }
+}
+
+/// How far the peer is behind a primary at one moment, and what its journal holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Backlog {
+    /// Bytes sent to the peer that it has not written yet.
+    pub unacked_bytes: u64,
+    /// Payload bytes in the journal's memory tier.
+    pub journal_memory_bytes: u64,
+    /// Bytes of the journal ring in use.
+    pub journal_ring_bytes: u64,
+    /// Journal overflows since the volume opened.
+    pub journal_overflows: u64,
+}
+
+impl Backlog {
+    /// `volume`'s backlog now.
+    pub fn of(volume: &VolumeHandle) -> Self {
+        let status = volume.status();
+        Self {
+            unacked_bytes: status.unacked_bytes,
+            journal_memory_bytes: status.journal.memory_bytes,
+            journal_ring_bytes: status.journal.ring_used_bytes,
+            journal_overflows: status.journal.overflows,
+        }
+    }
+
+    /// The larger of each field.
+    pub fn max(self, other: Self) -> Self {
+        Self {
+            unacked_bytes: self.unacked_bytes.max(other.unacked_bytes),
+            journal_memory_bytes: self.journal_memory_bytes.max(other.journal_memory_bytes),
+            journal_ring_bytes: self.journal_ring_bytes.max(other.journal_ring_bytes),
+            journal_overflows: self.journal_overflows.max(other.journal_overflows),
+        }
+    }
 }
 
 /// One node's session task and the means to stop it.
@@ -87,15 +145,15 @@ impl Pair {
             metadata::create(
                 file,
                 VOLUME_NAME,
-                LayoutParams::default(),
+                config.layout,
                 InitialData::InSync { generation },
                 true,
             )
             .with_context(|| format!("creating metadata on {}", file.display()))?;
         }
         let volumes = [
-            open_node(&config.files[0], 0)?,
-            open_node(&config.files[1], 1)?,
+            open_node(&config.files[0], 0, config)?,
+            open_node(&config.files[1], 1, config)?,
         ];
         for volume in &volumes {
             admin(&volume.handle(), AdminCommand::Connect)?;
@@ -125,6 +183,39 @@ impl Pair {
     /// The primary's handle: where clients write.
     pub fn primary(&self) -> VolumeHandle {
         self.volumes[0].handle()
+    }
+
+    /// The secondary's handle.
+    pub fn secondary(&self) -> VolumeHandle {
+        self.volumes[1].handle()
+    }
+
+    /// How far the secondary is behind, as the primary sees it.
+    pub fn backlog(&self) -> Backlog {
+        Backlog::of(&self.primary())
+    }
+
+    /// Waits until the secondary has written everything the primary sent (under protocols A
+    /// and B writes complete before that); returns how long that took. Fails after `timeout`,
+    /// or if the link goes down meanwhile.
+    pub fn wait_caught_up(&self, timeout: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        loop {
+            self.check_replicating()?;
+            let primary = self.primary().status();
+            let secondary = self.secondary().status();
+            if primary.unacked_bytes == 0 && secondary.peer_writes_pending == 0 {
+                return Ok(started.elapsed());
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "the secondary did not catch up within {timeout:?}: {} bytes unacknowledged, \
+                 {} writes pending on the secondary",
+                primary.unacked_bytes,
+                secondary.peer_writes_pending
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The primary's async runtime (the daemon runs its frontend there too).
@@ -219,13 +310,26 @@ impl Pair {
 }
 
 /// Opens one node's volume as the daemon does (default runtime options, 32 MiB requests),
-/// with protocol C.
-fn open_node(file: &Path, node: u8) -> anyhow::Result<LocalVolume> {
+/// with the pair's protocol and journal memory.
+fn open_node(file: &Path, node: u8, pair: &PairConfig) -> anyhow::Result<LocalVolume> {
     let mut config = ReplicaConfig::new(VOLUME_NAME, NodeId(node));
-    config.protocol = Protocol::C;
+    config.protocol = pair.protocol;
+    config.journal_memory_bytes_max = pair.journal_memory_bytes;
     config.request_bytes_max = REQUEST_BYTES_MAX;
     LocalVolume::open(file, config, RuntimeOptions::default())
         .with_context(|| format!("opening {}", file.display()))
+}
+
+/// One node alone, as the primary of a pair would be without its peer: fresh metadata with the
+/// pair's layout, the same volume configuration, promoted by force (no peer was ever seen).
+/// Its writes complete when they are on the local disk, plus whatever the engine keeps for a
+/// peer that is away (the dirty bitmap, the journal while it is active).
+pub fn open_local_only(file: &Path, pair: &PairConfig) -> anyhow::Result<LocalVolume> {
+    metadata::create(file, VOLUME_NAME, pair.layout, InitialData::Fresh, true)
+        .with_context(|| format!("creating metadata on {}", file.display()))?;
+    let volume = open_node(file, 0, pair)?;
+    admin(&volume.handle(), AdminCommand::Promote { force: true })?;
+    Ok(volume)
 }
 
 fn admin(handle: &VolumeHandle, command: AdminCommand) -> anyhow::Result<()> {

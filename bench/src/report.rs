@@ -16,6 +16,9 @@ use crate::stats::RunStats;
 /// Bytes in a GiB.
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// Bytes in a MiB.
+const MIB: f64 = (1u64 << 20) as f64;
+
 /// What one measurement found, whatever measured it.
 #[derive(Clone, Copy, Debug)]
 pub struct Measurement {
@@ -29,6 +32,8 @@ pub struct Measurement {
     pub p50: Duration,
     /// 99th-percentile write latency.
     pub p99: Duration,
+    /// 99.9th-percentile write latency (`None` if the tool did not report it).
+    pub p999: Option<Duration>,
 }
 
 impl Measurement {
@@ -46,6 +51,7 @@ impl From<&RunStats> for Measurement {
             seconds: stats.elapsed.as_secs_f64(),
             p50: stats.percentile(0.5),
             p99: stats.percentile(0.99),
+            p999: Some(stats.percentile(0.999)),
         }
     }
 }
@@ -57,20 +63,28 @@ pub struct Row {
     pub workload: String,
     /// Writers (or fio's iodepth).
     pub queue_depth: usize,
-    /// `ceiling`, `engine` or `nbd`.
+    /// `ceiling`, `engine`, `link only`, `nbd`, `local` or `raw`.
     pub path: &'static str,
+    /// The replication protocol (`A`, `B`, `C`) of the engine and nbd rows.
+    pub protocol: Option<&'static str>,
     /// The link's codec; none for the ceiling.
     pub compression: Option<&'static str>,
     /// `random` or `compressible`.
     pub data: &'static str,
     /// Client MB/s.
     pub megabytes_per_second: f64,
+    /// Client writes per second.
+    pub operations_per_second: f64,
     /// MB/s over the ceiling's MB/s of the same workload in this run.
     pub ratio_to_ceiling: Option<f64>,
+    /// MB/s over the MB/s of the same path and codec with protocol C in this run.
+    pub ratio_to_protocol_c: Option<f64>,
     /// Median latency in milliseconds.
     pub p50_ms: f64,
     /// 99th-percentile latency in milliseconds.
     pub p99_ms: f64,
+    /// 99.9th-percentile latency in milliseconds.
+    pub p999_ms: Option<f64>,
     /// Writes measured.
     pub operations: u64,
     /// Seconds measured.
@@ -83,6 +97,36 @@ pub struct Row {
     pub cpu: Option<CpuUsage>,
     /// For the ceiling: MB/s measured before and after the other paths of its depth.
     pub ceiling_before_after: Option<[f64; 2]>,
+    /// For a replicated volume: how far the peer was behind (see [`PeerLag`]).
+    pub peer_lag: Option<PeerLag>,
+    /// Why a replicated pair failed after its run (the link dropped, the peer did not catch
+    /// up): the client's numbers were measured, but the peer may not have kept up with them.
+    pub failure: Option<String>,
+}
+
+/// How far the peer of a replicated volume fell behind the client during a run: under
+/// protocols A and B client writes complete before the peer has written them, so the client's
+/// rate alone overstates what was replicated in the measured time.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct PeerLag {
+    /// Bytes the peer had not written, when the measured time began.
+    pub behind_at_start_bytes: u64,
+    /// The most bytes the peer had not written, sampled during the measured time.
+    pub behind_max_bytes: u64,
+    /// Bytes the peer had not written when the writers stopped.
+    pub behind_at_end_bytes: u64,
+    /// The most bytes the primary's journal held in memory, sampled.
+    pub journal_memory_max_bytes: u64,
+    /// The most bytes of the primary's journal ring in use, sampled.
+    pub journal_ring_max_bytes: u64,
+    /// Journal overflows on the primary during the run.
+    pub journal_overflows: u64,
+    /// Seconds the peer took to write the rest once the writers stopped (`None`: it did not;
+    /// see [`Row::failure`]).
+    pub catch_up_seconds: Option<f64>,
+    /// MB/s the peer wrote in the measured time: the client's bytes less the growth of the
+    /// backlog (`None` if the pair failed: a dropped link forgets its backlog).
+    pub peer_megabytes_per_second: Option<f64>,
 }
 
 impl Row {
@@ -105,28 +149,48 @@ impl Row {
             workload,
             queue_depth,
             path,
+            protocol: None,
             compression,
             data,
             megabytes_per_second: measurement.megabytes_per_second(),
+            operations_per_second: measurement.operations as f64 / measurement.seconds.max(1e-9),
             ratio_to_ceiling: None,
+            ratio_to_protocol_c: None,
             p50_ms: measurement.p50.as_secs_f64() * 1e3,
             p99_ms: measurement.p99.as_secs_f64() * 1e3,
+            p999_ms: measurement.p999.map(|p999| p999.as_secs_f64() * 1e3),
             operations: measurement.operations,
             seconds: measurement.seconds,
             wire_bytes_per_payload_byte: None,
             machine_core_seconds_per_gib,
             cpu,
             ceiling_before_after: None,
+            peer_lag: None,
+            failure: None,
         }
     }
 
-    fn label(&self) -> String {
+    /// `engine C, lz4`, `ceiling (before 510, after 498)`, `local`, `engine A, lz4 (FAILED:
+    /// waiting for the secondary to catch up: …)`.
+    pub fn label(&self) -> String {
+        let label = self.plain_label();
+        match &self.failure {
+            Some(failure) => format!("{label} (FAILED: {failure})"),
+            None => label,
+        }
+    }
+
+    fn plain_label(&self) -> String {
+        let path = match self.protocol {
+            Some(protocol) => format!("{} {protocol}", self.path),
+            None => self.path.to_string(),
+        };
         match (self.compression, self.ceiling_before_after) {
-            (Some(codec), _) => format!("{}, {codec}", self.path),
+            (Some(codec), _) => format!("{path}, {codec}"),
             (None, Some([before, after])) => {
-                format!("{} (before {before:.0}, after {after:.0})", self.path)
+                format!("{path} (before {before:.0}, after {after:.0})")
             }
-            (None, None) => self.path.to_string(),
+            (None, None) => path,
         }
     }
 }
@@ -138,6 +202,8 @@ pub struct Skipped {
     pub workload: String,
     /// `engine`, `nbd`.
     pub path: &'static str,
+    /// The protocol, if any.
+    pub protocol: Option<&'static str>,
     /// The codec, if any.
     pub compression: Option<&'static str>,
     /// Why there is no number.
@@ -165,18 +231,44 @@ impl Report {
     /// The throughput table, in markdown.
     pub fn throughput_table(&self) -> String {
         let mut out = String::from(
-            "| workload | path | MB/s | × ceiling | p50 ms | p99 ms | wire/payload | CPU busy (cores) | of which outside the bench | core-s per GiB |\n\
-             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| workload | path | MB/s | IOPS | × ceiling | × C | p50 µs | p99 µs | p99.9 µs | peer behind max / end MiB | catch-up s | peer MB/s | wire/payload | CPU busy (cores) | of which outside the bench | core-s per GiB |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for row in &self.rows {
+            let lag = row.peer_lag.as_ref();
+            // No write completed in the measured time: there is no latency to show.
+            let micros = |ms: f64| {
+                if row.operations == 0 {
+                    "–".to_string()
+                } else {
+                    format!("{:.0}", ms * 1e3)
+                }
+            };
             out.push_str(&format!(
-                "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
+                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 row.workload,
                 row.label(),
                 row.megabytes_per_second,
+                row.operations_per_second,
                 format_option(row.ratio_to_ceiling, 2),
-                row.p50_ms,
-                row.p99_ms,
+                format_option(row.ratio_to_protocol_c, 2),
+                micros(row.p50_ms),
+                micros(row.p99_ms),
+                row.p999_ms.map_or_else(|| "–".to_string(), micros),
+                lag.map_or_else(
+                    || "–".to_string(),
+                    |lag| match lag.catch_up_seconds {
+                        Some(_) => format!(
+                            "{:.1} / {:.1}",
+                            lag.behind_max_bytes as f64 / MIB,
+                            lag.behind_at_end_bytes as f64 / MIB
+                        ),
+                        // A dropped link forgets its backlog: the end is unknown.
+                        None => format!("{:.1} / –", lag.behind_max_bytes as f64 / MIB),
+                    }
+                ),
+                format_option(lag.and_then(|lag| lag.catch_up_seconds), 2),
+                format_option(lag.and_then(|lag| lag.peer_megabytes_per_second), 0),
                 format_option(row.wire_bytes_per_payload_byte, 3),
                 format_option(row.cpu.as_ref().map(|c| c.machine_busy_cores), 2),
                 format_option(row.cpu.as_ref().map(|c| c.outside_process_cores), 2),
@@ -184,12 +276,16 @@ impl Report {
             ));
         }
         for skipped in &self.skipped {
-            let label = match skipped.compression {
-                Some(codec) => format!("{}, {codec}", skipped.path),
+            let path = match skipped.protocol {
+                Some(protocol) => format!("{} {protocol}", skipped.path),
                 None => skipped.path.to_string(),
             };
+            let label = match skipped.compression {
+                Some(codec) => format!("{path}, {codec}"),
+                None => path,
+            };
             out.push_str(&format!(
-                "| {} | {label} | skipped: {} | | | | | | | |\n",
+                "| {} | {label} | skipped: {} | | | | | | | | | | | | | |\n",
                 skipped.workload, skipped.reason
             ));
         }

@@ -1,14 +1,15 @@
 //! The replicated benchmark's harness on small files: a pair replicates what the primary
-//! writes, and the link-only pair carries writes.
+//! writes under every protocol, and the link-only pair carries writes.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bench::data::{DataKind, DataSet};
 use bench::linkonly::LinkPair;
-use bench::local::{EngineTarget, Schedule, Target, Workload};
+use bench::local::{self, EngineTarget, Schedule, Target, Workload};
 use bench::pair::{Pair, PairConfig};
 use engine::protocol::compress::Compression;
+use engine::replica::Protocol;
 use engine::runtime::backing::Backing;
 
 const FILE_BYTES: u64 = 256 << 20;
@@ -43,11 +44,7 @@ impl Drop for Scratch {
 fn a_pair_replicates_the_primarys_writes() {
     let scratch = Scratch::new("pair");
     let files = [scratch.file("primary.img"), scratch.file("secondary.img")];
-    let pair = Pair::start(&PairConfig {
-        files: files.clone(),
-        compression: Compression::Lz4,
-    })
-    .expect("pair");
+    let pair = Pair::start(&PairConfig::new(files.clone(), Compression::Lz4)).expect("pair");
     let data = DataSet::new(DataKind::Random, BLOCK_BYTES, 4);
     let target = EngineTarget(pair.primary());
     for index in 0..16u64 {
@@ -68,6 +65,71 @@ fn a_pair_replicates_the_primarys_writes() {
         let read = |backing: &Backing| backing.read(offset, BLOCK_BYTES as u64).expect("read");
         assert_eq!(read(&secondary).as_slice(), data.block(index).as_slice());
         assert_eq!(read(&primary).as_slice(), data.block(index).as_slice());
+    }
+}
+
+/// Under protocols A and B writes complete before the peer has written them: once the peer has
+/// caught up, both files hold the same bytes, for 1 MiB and 4 KiB writes alike.
+#[test]
+fn protocols_a_and_b_replicate_once_the_peer_catches_up() {
+    for protocol in [Protocol::A, Protocol::B] {
+        let scratch = Scratch::new(&format!("protocol-{protocol:?}"));
+        let files = [scratch.file("primary.img"), scratch.file("secondary.img")];
+        let config = PairConfig {
+            protocol,
+            ..PairConfig::new(files.clone(), Compression::Lz4)
+        };
+        let pair = Pair::start(&config).expect("pair");
+        // 4 KiB random writes from two writers over the first half of the file, then 1 MiB
+        // writes after it.
+        let span = FILE_BYTES / 2;
+        let target = EngineTarget(pair.primary());
+        let small = DataSet::new(DataKind::Random, 4096, 64);
+        let workload = Workload {
+            block_bytes: 4096,
+            random: true,
+            queue_depth: 2,
+        };
+        let schedule = Schedule {
+            warmup: Duration::ZERO,
+            measure: Duration::from_millis(200),
+        };
+        let stats = local::run_with(&target, workload, span, schedule, &small, "writer")
+            .expect("random writes");
+        assert!(stats.operations > 0);
+        let large = DataSet::new(DataKind::Random, BLOCK_BYTES, 4);
+        for index in 0..8u64 {
+            target
+                .write(span + index * BLOCK_BYTES as u64, large.block(index))
+                .expect("write");
+        }
+        pair.wait_caught_up(Duration::from_secs(20))
+            .expect("the peer catches up");
+        assert_eq!(pair.backlog().unacked_bytes, 0);
+        pair.check_replicating().expect("still replicating");
+        pair.close().expect("close");
+        let [primary, secondary] = files.map(|file| Backing::open(&file).expect("open"));
+        // Every byte the writers touched.
+        let mut offset = 0;
+        while offset < span + 8 * BLOCK_BYTES as u64 {
+            let read = |backing: &Backing| backing.read(offset, 8 << 20).expect("read");
+            assert!(
+                read(&primary).as_slice() == read(&secondary).as_slice(),
+                "protocol {protocol:?}: the copies differ in the 8 MiB at {offset}"
+            );
+            offset += 8 << 20;
+        }
+        for index in 0..8u64 {
+            let offset = span + index * BLOCK_BYTES as u64;
+            assert_eq!(
+                primary
+                    .read(offset, BLOCK_BYTES as u64)
+                    .expect("read")
+                    .as_slice(),
+                large.block(index).as_slice(),
+                "protocol {protocol:?}"
+            );
+        }
     }
 }
 

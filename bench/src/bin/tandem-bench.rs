@@ -6,14 +6,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use bench::data::DataKind;
 use bench::local::{self, EngineTarget, RawTarget, Schedule, Workload};
-use bench::replicated::{self, Options, PathKind};
+use bench::replicated::{self, Options, PathKind, RANDOM_BLOCK_BYTES, SEQUENTIAL_BLOCK_BYTES};
 use bench::report::Report;
 use clap::{Parser, Subcommand};
 use engine::format::InitialData;
 use engine::layout::LayoutParams;
 use engine::protocol::compress::Compression;
+use engine::replica::{Protocol, ReplicaConfig};
 use engine::runtime::backing::Backing;
 use engine::runtime::metadata;
+use engine::types::NodeId;
 
 #[derive(Debug, Parser)]
 #[command(name = "tandem-bench", about = "tandem against the machine's limits")]
@@ -23,6 +25,10 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once; boxing would only add noise"
+)]
 enum Command {
     /// Local-only writes through the engine against the raw backing store.
     Local {
@@ -36,10 +42,19 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
-    /// 1 MiB sequential writes to a replicated volume (two nodes in this process, protocol C,
-    /// encrypted link over 127.0.0.1) against two raw writers sharing the disk, plus the
-    /// per-core rates of encryption and compression.
+    /// 1 MiB sequential and 4 KiB random writes to a replicated volume (two nodes in this
+    /// process, protocols A, B or C, encrypted link over 127.0.0.1) against two raw writers
+    /// sharing the disk, plus the per-core rates of encryption and compression.
     Replicated(ReplicatedArgs),
+}
+
+/// The access patterns of `tandem-bench replicated`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Pattern {
+    /// 1 MiB sequential writes, each writer through its own stripe (--queue-depths).
+    Seq,
+    /// 4 KiB writes at random aligned offsets (--random-queue-depths).
+    Rand,
 }
 
 #[derive(Debug, clap::Args)]
@@ -59,18 +74,35 @@ struct ReplicatedArgs {
     /// Unmeasured warm-up seconds before each measurement.
     #[arg(long, default_value_t = 1.0)]
     warmup_seconds: f64,
-    /// Queue depths to measure.
+    /// Access patterns: seq (1 MiB sequential writes) and rand (4 KiB random writes).
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "seq,rand")]
+    workloads: Vec<Pattern>,
+    /// Queue depths of the 1 MiB sequential writes.
     #[arg(long, value_delimiter = ',', default_value = "1,8")]
     queue_depths: Vec<usize>,
+    /// Queue depths of the 4 KiB random writes.
+    #[arg(long, value_delimiter = ',', default_value = "1,32")]
+    random_queue_depths: Vec<usize>,
     /// Paths measured besides the ceiling: engine (two volumes linked in this process), link
-    /// (the link alone, no disks), nbd (fio --ioengine=nbd through tandem's NBD server).
+    /// (the link alone, no disks), nbd (fio --ioengine=nbd through tandem's NBD server), local
+    /// (one engine volume without a peer), raw (one raw O_DIRECT writer alone).
     #[arg(
         long,
         value_delimiter = ',',
         value_enum,
-        default_value = "engine,link,nbd"
+        default_value = "engine,link,nbd,local,raw"
     )]
     paths: Vec<PathKind>,
+    /// Replication protocols of the engine and nbd paths: A (complete when local and in the
+    /// journal), B (when the peer received it), C (when the peer wrote it).
+    #[arg(long, value_delimiter = ',', default_value = "C", value_parser = parse_protocol)]
+    protocols: Vec<Protocol>,
+    /// Size of each node's on-disk journal ring in MiB (part of the metadata; at most 1024).
+    #[arg(long, default_value_t = LayoutParams::default().journal_bytes >> 20)]
+    journal_ring_mib: u64,
+    /// Payload MiB each node's journal holds in memory before spilling to the ring.
+    #[arg(long, default_value_t = ReplicaConfig::new("bench", NodeId(0)).journal_memory_bytes_max >> 20)]
+    journal_memory_mib: u64,
     /// Link codecs of the engine and link-only measurements.
     #[arg(long, value_delimiter = ',', default_value = "none,lz4,zstd", value_parser = parse_compression)]
     compression: Vec<Compression>,
@@ -95,6 +127,15 @@ fn parse_compression(name: &str) -> Result<Compression, String> {
         .ok_or_else(|| format!("unknown codec {name:?}: use none, lz4 or zstd"))
 }
 
+fn parse_protocol(name: &str) -> Result<Protocol, String> {
+    match name.trim() {
+        "A" | "a" => Ok(Protocol::A),
+        "B" | "b" => Ok(Protocol::B),
+        "C" | "c" => Ok(Protocol::C),
+        _ => Err(format!("unknown protocol {name:?}: use A, B or C")),
+    }
+}
+
 fn seconds(value: f64, what: &str) -> anyhow::Result<Duration> {
     Duration::try_from_secs_f64(value).with_context(|| format!("{what}: {value} seconds"))
 }
@@ -113,9 +154,20 @@ fn main() -> anyhow::Result<()> {
 fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.size_mib >= 256, "--size-mib must be at least 256");
     anyhow::ensure!(
-        args.queue_depths.iter().all(|&depth| depth > 0),
+        args.queue_depths
+            .iter()
+            .chain(&args.random_queue_depths)
+            .all(|&depth| depth > 0),
         "queue depths must be positive"
     );
+    anyhow::ensure!(
+        args.journal_ring_mib <= 1024,
+        "--journal-ring-mib must be at most 1024"
+    );
+    let layout = LayoutParams {
+        journal_bytes: args.journal_ring_mib << 20,
+        ..LayoutParams::default()
+    };
     let options = Options {
         files: [args.primary_file.clone(), args.secondary_file.clone()],
         size_bytes: args.size_mib << 20,
@@ -123,7 +175,10 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
             warmup: seconds(args.warmup_seconds, "--warmup-seconds")?,
             measure: seconds(args.seconds, "--seconds")?,
         },
-        queue_depths: args.queue_depths.clone(),
+        workloads: workloads(args),
+        protocols: args.protocols.clone(),
+        layout,
+        journal_memory_bytes: args.journal_memory_mib << 20,
         compressions: args.compression.clone(),
         paths: args.paths.clone(),
         nbd_compressions: args.nbd_compression.clone(),
@@ -138,6 +193,9 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
         "id": engine::runtime::unix_millis(),
         "command": std::env::args().collect::<Vec<_>>().join(" "),
         "data": args.data.name(),
+        "protocols": args.protocols.iter().map(|&p| replicated::protocol_name(p)).collect::<Vec<_>>(),
+        "journal_ring_mib": args.journal_ring_mib,
+        "journal_memory_mib": args.journal_memory_mib,
         "size_mib": args.size_mib,
         "seconds": args.seconds,
         "warmup_seconds": args.warmup_seconds,
@@ -149,24 +207,68 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The workloads asked for, sequential first, each in the order of its depths.
+fn workloads(args: &ReplicatedArgs) -> Vec<Workload> {
+    let mut workloads = Vec::new();
+    if args.workloads.contains(&Pattern::Seq) {
+        workloads.extend(args.queue_depths.iter().map(|&queue_depth| Workload {
+            block_bytes: SEQUENTIAL_BLOCK_BYTES,
+            random: false,
+            queue_depth,
+        }));
+    }
+    if args.workloads.contains(&Pattern::Rand) {
+        workloads.extend(
+            args.random_queue_depths
+                .iter()
+                .map(|&queue_depth| Workload {
+                    block_bytes: RANDOM_BLOCK_BYTES,
+                    random: true,
+                    queue_depth,
+                }),
+        );
+    }
+    workloads
+}
+
 fn print_report(args: &ReplicatedArgs, report: &Report, elapsed: Duration) {
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let protocols: Vec<&str> = args
+        .protocols
+        .iter()
+        .map(|&protocol| replicated::protocol_name(protocol))
+        .collect();
     println!(
-        "## tandem-bench replicated: 1 MiB sequential writes, {} data, {} MiB backing files, \
-         {} s measured after {} s warm-up, {cores} cores\n",
-        args.data, args.size_mib, args.seconds, args.warmup_seconds
+        "## tandem-bench replicated: {} data, protocols {}, journal {} MiB memory + {} MiB ring, \
+         {} MiB backing files, {} s measured after {} s warm-up, {cores} cores\n",
+        args.data,
+        protocols.join(","),
+        args.journal_memory_mib,
+        args.journal_ring_mib,
+        args.size_mib,
+        args.seconds,
+        args.warmup_seconds
     );
     if let Some(busy) = report.busy_cores_before {
         println!("Machine busy in the second before the run: {busy:.2} cores (other work).\n");
     }
     println!("{}", report.throughput_table());
     println!(
-        "- ceiling: both backing files written at once, raw O_DIRECT, same pattern and depth \
+        "- seq-1MiB: 1 MiB sequential writes, each writer through its own stripe; rand-4KiB: \
+         4 KiB writes at random aligned offsets. qdN: N writers (fio's iodepth on nbd).\n\
+         - ceiling: both backing files written at once, raw O_DIRECT, same pattern and depth \
          each; MB/s per file (the best a client of the replicated volume could see).\n\
-         - engine: protocol C, writes through the primary's submit_inline.\n\
+         - engine X: protocol X (A: complete when written locally and in the journal; B: and \
+         received by the peer; C: and written by the peer), writes through the primary's \
+         submit_inline. × C: MB/s over protocol C's with the same path and codec.\n\
          - link only: the same encrypted link and message path, acknowledged on receipt, no \
          disks.\n\
-         - nbd: fio --ioengine=nbd through tandem's NBD server on the primary.\n\
+         - nbd X: fio --ioengine=nbd through tandem's NBD server on the primary, protocol X.\n\
+         - local: one engine volume on the primary's file without a peer; raw: one raw \
+         O_DIRECT writer group on that file alone (what local is up against).\n\
+         - peer behind: bytes the peer had not written (max during the measured time / when the \
+         writers stopped); catch-up: seconds it then took to write them; peer MB/s: what the \
+         peer wrote in the measured time (client bytes less the growth of the backlog).\n\
          - core-s per GiB: busy CPU of the whole machine per GiB the client wrote.\n"
     );
     println!("### Where the CPU went (cores; u = user, s = system)\n");
