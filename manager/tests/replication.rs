@@ -6,44 +6,11 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Cluster, NodeSpec, describe, require_tools, run_ok, wait_for};
+use common::{
+    Cluster, describe, loopback_pair, primary_and_synced, require_tools, run_ok, wait_for,
+};
 
 const GIB: u64 = 1 << 30;
-
-fn loopback_pair(subnet: u8) -> Vec<NodeSpec> {
-    ["alpha", "beta"]
-        .iter()
-        .enumerate()
-        .map(|(index, name)| NodeSpec {
-            name: (*name).to_string(),
-            address: format!("127.0.{subnet}.{}", index + 1),
-            netns: None,
-        })
-        .collect()
-}
-
-/// Makes alpha primary over fresh metadata and waits for the full sync.
-fn primary_and_synced(cluster: &mut Cluster) {
-    for node in ["alpha", "beta"] {
-        cluster.tandem_ok(node, &["create-md", "r0"]);
-        cluster.start_daemon(node);
-    }
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "connected", "--timeout", "30"],
-    );
-    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
-}
 
 #[test]
 fn resync_after_a_disconnect_moves_only_the_changed_blocks() {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::nbd::NbdClient;
-use common::{Cluster, NodeSpec, describe, wait_for};
+use common::{Cluster, describe, loopback_pair, primary_and_synced, wait_for};
 
 const BLOCK: u64 = 4096;
 
@@ -39,29 +39,8 @@ fn read_block(path: &Path, b: u64) -> Vec<u8> {
 /// Two nodes in sync on blocks 0..16 = 'A'; then apart: alpha (primary) writes blocks 0..4 =
 /// 'B', goes secondary; beta is promoted and writes blocks 8..10 = 'C'. Then they meet.
 fn diverge(test: &str, subnet: u8, volume_extra: &str, beta_stays_primary: bool) -> Cluster {
-    let nodes = ["alpha", "beta"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| NodeSpec {
-            name: (*name).to_string(),
-            address: format!("127.0.{subnet}.{}", i + 1),
-            netns: None,
-        })
-        .collect();
-    let mut cluster = Cluster::new(test, nodes, 128 << 20, volume_extra);
-    for node in ["alpha", "beta"] {
-        cluster.tandem_ok(node, &["create-md", "r0"]);
-        cluster.start_daemon(node);
-    }
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "connected", "--timeout", "30"],
-    );
-    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
+    let mut cluster = Cluster::new(test, loopback_pair(subnet), 128 << 20, volume_extra);
+    primary_and_synced(&mut cluster);
     write_blocks(&cluster, "alpha", 0..16, b'A');
     cluster.tandem_ok(
         "alpha",

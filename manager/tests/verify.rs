@@ -13,34 +13,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::nbd::NbdClient;
-use common::{Cluster, NodeSpec, describe};
+use common::{Cluster, describe, loopback_pair, primary_and_synced};
 
 const BLOCK: u64 = 4096;
 
 fn pair(test: &str, subnet: u8) -> Cluster {
-    let nodes = ["alpha", "beta"]
-        .iter()
-        .enumerate()
-        .map(|(i, name)| NodeSpec {
-            name: (*name).to_string(),
-            address: format!("127.0.{subnet}.{}", i + 1),
-            netns: None,
-        })
-        .collect();
+    let nodes = loopback_pair(subnet);
     let mut cluster = Cluster::new(test, nodes, 128 << 20, "compression = \"none\"");
-    for node in ["alpha", "beta"] {
-        cluster.tandem_ok(node, &["create-md", "r0"]);
-        cluster.start_daemon(node);
-    }
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "connected", "--timeout", "30"],
-    );
-    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
+    primary_and_synced(&mut cluster);
     cluster
 }
 

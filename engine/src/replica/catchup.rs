@@ -278,10 +278,8 @@ impl Replica {
         seq: Seq,
         result: Result<Option<IoBuf>, Errno>,
     ) {
-        let stored = match result {
-            Ok(Some(stored)) => stored,
-            Ok(None) => unreachable!("reads return data"),
-            Err(errno) => return self.fail_disk("reading the journal for a catch-up", errno),
+        let Some(stored) = self.read_data(result, "reading the journal for a catch-up") else {
+            return;
         };
         let unordered = self.planted(super::PlantedBug::CatchUpUnordered);
         let volume = self.volume.as_ref().expect("attached");

@@ -197,10 +197,8 @@ impl Replica {
             return; // The connection that asked is gone.
         };
         let read = reads.remove(index).expect("found");
-        let data = match result {
-            Ok(Some(data)) => data,
-            Ok(None) => unreachable!("reads return data"),
-            Err(errno) => return self.fail_disk("reading to compare digests", errno),
+        let Some(data) = self.read_data(result, "reading to compare digests") else {
+            return;
         };
         let volume = self.volume.as_mut().expect("attached");
         let granule = volume.bitmap.granule_bytes();

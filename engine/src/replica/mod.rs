@@ -887,6 +887,18 @@ impl Replica {
     }
 
     /// An I/O error: the disk fails, every queued and later request gets `EIO`.
+    /// The data of a completed read, or `None` once a failed read has failed the disk.
+    fn read_data(&mut self, result: Result<Option<IoBuf>, Errno>, what: &str) -> Option<IoBuf> {
+        match result {
+            Ok(Some(data)) => Some(data),
+            Ok(None) => unreachable!("reads return data"),
+            Err(errno) => {
+                self.fail_disk(what, errno);
+                None
+            }
+        }
+    }
+
     fn fail_disk(&mut self, what: &str, errno: Errno) {
         if self.disk == DiskState::Failed {
             return;

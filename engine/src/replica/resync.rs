@@ -556,11 +556,7 @@ impl Replica {
         let Some(Resync::Source(source)) = &self.peer.resync else {
             return false;
         };
-        source
-            .reading
-            .range(..range.end())
-            .next_back()
-            .is_some_and(|(offset, length)| ByteRange::new(*offset, *length).overlaps(range))
+        reads_overlap(&source.reading, range)
     }
 
     pub(super) fn resync_read_completion(
@@ -568,10 +564,8 @@ impl Replica {
         offset: u64,
         result: Result<Option<IoBuf>, Errno>,
     ) {
-        let data = match result {
-            Ok(Some(data)) => data,
-            Ok(None) => unreachable!("reads return data"),
-            Err(errno) => return self.fail_disk("reading for the resync", errno),
+        let Some(data) = self.read_data(result, "reading for the resync") else {
+            return;
         };
         let Some(Resync::Source(source)) = &mut self.peer.resync else {
             return;
@@ -860,6 +854,14 @@ impl Replica {
             full,
         })
     }
+}
+
+/// Whether a read in flight (offset → length, disjoint) overlaps `range`.
+pub(super) fn reads_overlap(reading: &BTreeMap<u64, u64>, range: ByteRange) -> bool {
+    reading
+        .range(..range.end())
+        .next_back()
+        .is_some_and(|(offset, length)| ByteRange::new(*offset, *length).overlaps(range))
 }
 
 enum RunSearch {

@@ -12,6 +12,8 @@ use roaring::RoaringTreemap;
 use serde::Serialize;
 
 use super::digest::{bit, granule_digests};
+use super::resync::reads_overlap;
+use super::split_brain::granule_ranges;
 use super::{Event, OpPurpose, Refusal, Replica, StorageOp};
 use crate::buffer::IoBuf;
 use crate::protocol::messages::{DigestPurpose, PeerMessage};
@@ -151,13 +153,10 @@ impl Replica {
 
     /// Whether a verify read in flight overlaps `range` (client writes there wait).
     pub(super) fn verify_reading_overlaps(&self, range: ByteRange) -> bool {
-        self.peer.verify.as_ref().is_some_and(|verify| {
-            verify
-                .reading
-                .range(..range.end())
-                .next_back()
-                .is_some_and(|(offset, length)| ByteRange::new(*offset, *length).overlaps(range))
-        })
+        self.peer
+            .verify
+            .as_ref()
+            .is_some_and(|verify| reads_overlap(&verify.reading, range))
     }
 
     pub(super) fn verify_read_completion(
@@ -165,10 +164,8 @@ impl Replica {
         offset: u64,
         result: Result<Option<IoBuf>, Errno>,
     ) {
-        let data = match result {
-            Ok(Some(data)) => data,
-            Ok(None) => unreachable!("reads return data"),
-            Err(errno) => return self.fail_disk("reading for a verify", errno),
+        let Some(data) = self.read_data(result, "reading for a verify") else {
+            return;
         };
         let Some(verify) = &mut self.peer.verify else {
             return;
@@ -271,20 +268,8 @@ impl Replica {
         let volume = self.volume.as_ref().expect("attached");
         let granule = volume.bitmap.granule_bytes();
         let data_bytes = volume.layout.data_bytes;
-        let mut ranges: Vec<[u64; 2]> = Vec::new();
-        let mut mismatched_bytes = 0;
-        let mut complete = true;
-        for index in &verify.mismatched {
-            let offset = index * granule;
-            let length = granule.min(data_bytes - offset);
-            mismatched_bytes += length;
-            let full = ranges.len() == REPORTED_RANGES_MAX;
-            match ranges.last_mut() {
-                Some([start, len]) if *start + *len == offset => *len += length,
-                _ if full => complete = false,
-                _ => ranges.push([offset, length]),
-            }
-        }
+        let (ranges, mismatched_bytes, complete) =
+            granule_ranges(&verify.mismatched, granule, data_bytes, REPORTED_RANGES_MAX);
         VerifyReport {
             state: "running",
             reason: None,

@@ -504,19 +504,29 @@ impl Cluster {
         self.verify_primary(Check::AfterCrash)
     }
 
-    fn switchover(&mut self) -> Result<(), String> {
+    /// The primary and the secondary, once clients drained and both converged (S4 checked);
+    /// `None` when a node is down or they do not converge soon (partitioned or slow: the phase
+    /// is skipped this time).
+    fn quiesced_pair(&mut self) -> Result<Option<(usize, usize)>, String> {
         let Some(primary) = self.primary else {
-            return Ok(());
+            return Ok(None);
         };
         let secondary = 1 - primary;
         if self.nodes[secondary].replica.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         self.drain_clients()?;
         if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
-            return Ok(()); // Partitioned or slow: no switchover this time.
+            return Ok(None);
         }
         self.check_identical()?;
+        Ok(Some((primary, secondary)))
+    }
+
+    fn switchover(&mut self) -> Result<(), String> {
+        let Some((primary, secondary)) = self.quiesced_pair()? else {
+            return Ok(());
+        };
         self.admin(primary, AdminCommand::Demote)?
             .map_err(|r| format!("demote: {r}"))?;
         self.primary = None;
@@ -594,18 +604,9 @@ impl Cluster {
     }
 
     fn verify_corruption(&mut self) -> Result<(), String> {
-        let Some(primary) = self.primary else {
+        let Some((primary, secondary)) = self.quiesced_pair()? else {
             return Ok(());
         };
-        let secondary = 1 - primary;
-        if self.nodes[secondary].replica.is_none() {
-            return Ok(());
-        }
-        self.drain_clients()?;
-        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
-            return Ok(());
-        }
-        self.check_identical()?;
         let offset = self.prng.below(self.layout.data_bytes);
         let byte = self.nodes[secondary].disk.visible()[offset as usize];
         self.nodes[secondary]
@@ -644,18 +645,9 @@ impl Cluster {
     }
 
     fn split_brain(&mut self) -> Result<(), String> {
-        let Some(primary) = self.primary else {
+        let Some((primary, other)) = self.quiesced_pair()? else {
             return Ok(());
         };
-        let other = 1 - primary;
-        if self.nodes[other].replica.is_none() {
-            return Ok(());
-        }
-        self.drain_clients()?;
-        if !self.run_until(Duration::from_secs(5), |c| c.converged())? {
-            return Ok(());
-        }
-        self.check_identical()?;
         self.expect_split_brain = true;
         for node in [primary, other] {
             self.admin(node, AdminCommand::Disconnect)?

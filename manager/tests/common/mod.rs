@@ -494,3 +494,39 @@ impl Drop for NbdMount {
         self.detach();
     }
 }
+
+/// Alpha and beta on loopback addresses `127.0.SUBNET.1` and `.2`.
+pub fn loopback_pair(subnet: u8) -> Vec<NodeSpec> {
+    ["alpha", "beta"]
+        .iter()
+        .enumerate()
+        .map(|(index, name)| NodeSpec {
+            name: (*name).to_string(),
+            address: format!("127.0.{subnet}.{}", index + 1),
+            netns: None,
+        })
+        .collect()
+}
+
+/// Makes alpha primary over fresh metadata and waits for the full sync.
+pub fn primary_and_synced(cluster: &mut Cluster) {
+    for node in ["alpha", "beta"] {
+        cluster.tandem_ok(node, &["create-md", "r0"]);
+        cluster.start_daemon(node);
+    }
+    cluster.tandem_ok(
+        "alpha",
+        &["volume", "wait", "r0", "connected", "--timeout", "30"],
+    );
+    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
+    let synced = cluster.tandem(
+        "alpha",
+        &["volume", "wait", "r0", "synced", "--timeout", "120"],
+    );
+    assert!(
+        synced.status.success(),
+        "{}\n{}",
+        describe(&synced),
+        cluster.logs()
+    );
+}
