@@ -5,7 +5,9 @@
 //! connection on the accepting side replaces the current one (the peer only connects when it
 //! has no link, so the old one is dead). While a session runs, messages from the peer go to the
 //! replica and the replica's messages go to the peer, in order; when either direction fails,
-//! the replica hears why.
+//! the replica hears why. Each direction is its own task: a long burst of incoming writes (a
+//! catch-up backlog) must not hold back the acks and pings going out, or the peer would count
+//! this node as silent and drop the link.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -199,11 +201,24 @@ async fn session(
     totals: &Arc<LinkTotals>,
     stopped: oneshot::Receiver<()>,
 ) -> String {
-    let mut outputs = outputs.lock().await;
+    let mut outputs = Arc::clone(outputs).lock_owned().await;
     // Messages left from an earlier session belong to a link that is gone.
     while outputs.try_recv().is_ok() {}
     totals.start(sender.counters());
     handle.peer_input(Input::PeerConnected);
+    let mut writing = tokio::spawn(async move {
+        loop {
+            match outputs.recv().await {
+                Some(PeerOutput::Send(message)) => {
+                    if let Err(error) = sender.send(message.kind(), &message.encode()).await {
+                        return error.to_string();
+                    }
+                }
+                Some(PeerOutput::Close(reason)) => return reason,
+                None => return "the volume stopped".to_string(),
+            }
+        }
+    });
     let reading = async {
         loop {
             let (kind, payload) = match receiver.recv().await {
@@ -216,29 +231,26 @@ async fn session(
             };
             receiver.recycle(payload);
             handle.peer_input(Input::PeerMessage(message));
+            // Frames already buffered never wait on the socket: let the other tasks run.
+            tokio::task::consume_budget().await;
         }
     };
-    let writing = async {
-        loop {
-            match outputs.recv().await {
-                Some(PeerOutput::Send(message)) => {
-                    if let Err(error) = sender.send(message.kind(), &message.encode()).await {
-                        return error.to_string();
-                    }
-                }
-                Some(PeerOutput::Close(reason)) => return reason,
-                None => return "the volume stopped".to_string(),
-            }
-        }
-    };
-    let reason = tokio::select! {
-        reason = reading => reason,
-        reason = writing => reason,
+    let (reason, writer_running) = tokio::select! {
+        reason = reading => (reason, true),
+        written = &mut writing => (
+            written.unwrap_or_else(|error| format!("the link writer failed: {error}")),
+            false,
+        ),
         replaced = stopped => match replaced {
-            Ok(()) => "replaced by a new connection from the peer".to_string(),
-            Err(_) => "the link task stopped".to_string(),
+            Ok(()) => ("replaced by a new connection from the peer".to_string(), true),
+            Err(_) => ("the link task stopped".to_string(), true),
         },
     };
+    // The writer holds the outputs and the socket: both are free once it has stopped.
+    if writer_running {
+        writing.abort();
+        let _ = writing.await;
+    }
     totals.finish();
     handle.peer_input(Input::PeerDisconnected {
         reason: reason.clone(),
