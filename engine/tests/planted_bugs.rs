@@ -58,3 +58,8 @@ fn a_verify_that_reads_out_of_write_order_is_caught() {
 fn a_catch_up_applied_out_of_order_is_caught() {
     assert_caught(Scenario::Cluster, PlantedBug::CatchUpUnordered, "S2");
 }
+
+#[test]
+fn replicated_writes_applied_out_of_order_are_caught() {
+    assert_caught(Scenario::Cluster, PlantedBug::PeerWriteUnordered, "S2");
+}

@@ -26,7 +26,7 @@ use super::resync::{Progress, Resync, SyncProgress};
 use super::{OpPurpose, Replica, StorageOp};
 use crate::buffer::IoBuf;
 use crate::journal::RecordData;
-use crate::journal::record::{RecordHeader, RecordKind};
+use crate::journal::record::{self, RecordHeader, RecordKind};
 use crate::protocol::messages::{PeerMessage, PeerState, WriteFlags};
 use crate::state::ReplState;
 use crate::types::{ByteRange, Errno, Seq};
@@ -218,7 +218,8 @@ impl Replica {
             catch_up
                 .covered
                 .insert_range(volume.bitmap.granules_of(range));
-            self.requests.register_unacked(next, range);
+            let journal_bytes = record::stored_bytes(message.data_bytes());
+            self.requests.register_unacked(next, range, journal_bytes);
             self.send(message);
             progress = true;
         }
@@ -226,7 +227,7 @@ impl Replica {
 
     /// Takes records from memory or starts ring reads, within the replication window.
     fn stage_records(&mut self) -> bool {
-        let window = self.replication_window_bytes();
+        let window = self.config.replication_window_bytes;
         let unordered = self.planted(super::PlantedBug::CatchUpUnordered);
         let mut progress = false;
         loop {

@@ -138,15 +138,19 @@ pub enum PlantedBug {
     /// Let the peer read for a verify without waiting for the replicated writes sent before
     /// the digests.
     DigestReadUnordered,
+    /// Send replicated writes without the writes they depend on (`after` = 0), so the peer
+    /// may apply a write before one the client saw complete before submitting it.
+    PeerWriteUnordered,
 }
 
 impl PlantedBug {
     /// Every planted bug.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::AcknowledgeFlushEarly,
         Self::SkipBitmapFlushOnEviction,
         Self::CatchUpUnordered,
         Self::DigestReadUnordered,
+        Self::PeerWriteUnordered,
     ];
 
     /// The name on the simulator's command line.
@@ -156,6 +160,7 @@ impl PlantedBug {
             Self::SkipBitmapFlushOnEviction => "skip-bitmap-flush-on-eviction",
             Self::CatchUpUnordered => "catch-up-unordered",
             Self::DigestReadUnordered => "digest-read-unordered",
+            Self::PeerWriteUnordered => "peer-write-unordered",
         }
     }
 }

@@ -14,7 +14,7 @@
 //! sync and the write completes once the generation change that records the divergence is
 //! durable.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 
 use super::resync::Resync;
@@ -24,7 +24,7 @@ use super::{
 };
 use crate::buffer::IoBuf;
 use crate::codec::checksum;
-use crate::journal::record::{RecordHeader, RecordKind};
+use crate::journal::record::{self, RecordHeader, RecordKind};
 use crate::protocol::messages::{PeerMessage, ReceivedMark, WriteFlags};
 use crate::state::{ConnState, DiskState, Role};
 use crate::types::{ByteRange, Errno, RangeSet, RequestTag, SECTOR_BYTES, Seq};
@@ -69,6 +69,11 @@ struct PendingWrite {
     extents: Range<u64>,
     /// Sequence number of a client write, assigned when issued.
     seq: Option<Seq>,
+    /// A client write: the newest write completed when the client submitted it. Only those
+    /// can be ones it depends on, so the peer applies it after them and may apply it
+    /// alongside anything later (captured here, not when issued: under backpressure a write
+    /// waits in the queue while others complete, and it does not depend on them).
+    after: Seq,
     /// The local storage result, once it is in.
     local: Option<bool>,
     /// A client write sent to the peer and not yet acknowledged.
@@ -96,6 +101,9 @@ pub(super) struct Requests {
     parents: HashMap<u64, Parent>,
     /// Writes not yet issued, in arrival order.
     queued: VecDeque<WriteId>,
+    /// How many of them are not from the peer (the scan in `advance_writes` ends early when
+    /// only peer writes held by their order are left).
+    queued_not_peer: usize,
     /// Every write held, queued or issued.
     writes: HashMap<WriteId, PendingWrite>,
     /// Issued writes, in issue order.
@@ -115,6 +123,8 @@ pub(super) struct Requests {
     unacked: BTreeMap<Seq, Unacked>,
     /// Bytes of those writes.
     unacked_bytes: u64,
+    /// Ring bytes their journal records take (header and padding included).
+    unacked_journal_bytes: u64,
     /// Protocol B: writes whose completion waits for the peer's receipt.
     receipt_waiters: HashMap<Seq, WriteId>,
     /// Replicated writes received and not yet completed here, by the primary's sequence number.
@@ -128,6 +138,10 @@ pub(super) struct Requests {
     connection: u64,
 }
 
+/// Queued writes whose extents one activity-log transaction considers (DRBD batches up to 64
+/// extent changes per transaction too).
+const EXTENT_LOOKAHEAD: usize = 64;
+
 /// A client write the peer has not written yet.
 #[derive(Clone, Debug)]
 struct Unacked {
@@ -135,6 +149,8 @@ struct Unacked {
     extents: Range<u64>,
     /// Protocol C: the write whose completion waits for this ack.
     completion: Option<WriteId>,
+    /// Ring bytes of its journal record.
+    journal_bytes: u64,
 }
 
 impl Requests {
@@ -191,14 +207,16 @@ impl Requests {
     }
 
     /// A journal record sent to the peer by a catch-up awaits its acknowledgement.
-    pub(super) fn register_unacked(&mut self, seq: Seq, range: ByteRange) {
+    pub(super) fn register_unacked(&mut self, seq: Seq, range: ByteRange, journal_bytes: u64) {
         let unacked = Unacked {
             range,
             extents: 0..0,
             completion: None,
+            journal_bytes,
         };
-        self.unacked.insert(seq, unacked);
         self.unacked_bytes += range.length;
+        self.unacked_journal_bytes += journal_bytes;
+        self.unacked.insert(seq, unacked);
     }
 
     /// Writes received from the primary and not yet written here.
@@ -471,6 +489,7 @@ impl Replica {
             fua,
             extents,
             seq: None,
+            after: self.requests.completed_seq,
             local: None,
             awaiting_peer: false,
             completion_gate: 0,
@@ -478,6 +497,9 @@ impl Replica {
         };
         self.requests.writes.insert(id, write);
         self.requests.queued.push_back(id);
+        if !matches!(origin, Origin::Peer { .. }) {
+            self.requests.queued_not_peer += 1;
+        }
     }
 
     /// Issues every queued write whose gates are open, and completes every write that is done.
@@ -495,10 +517,16 @@ impl Replica {
         // ranges of the writes that stay queued block later overlapping ones, and once a peer
         // write waits for an earlier one, all later peer writes wait too (at most longer than
         // their own `after` asks: they only ever wait for earlier writes, so nothing deadlocks).
+        // When only such held peer writes are left, the scan ends: it stays short however long
+        // the catch-up backlog.
         let mut staying = RangeSet::default();
         let mut peer_order_blocked = false;
+        let mut not_peer_left = self.requests.queued_not_peer;
         let mut position = 0;
         while position < self.requests.queued.len() {
+            if peer_order_blocked && not_peer_left == 0 {
+                break;
+            }
             let id = self.requests.queued[position];
             let write = &self.requests.writes[&id];
             let (range, origin) = (write.range, write.origin);
@@ -513,7 +541,10 @@ impl Replica {
                             .is_some();
                     !peer_order_blocked
                 }
-                Origin::Client { .. } | Origin::Resync => true,
+                Origin::Client { .. } | Origin::Resync => {
+                    not_peer_left -= 1;
+                    true
+                }
             } && !staying.overlaps(range)
                 && self.write_may_issue(id);
             if !may_issue {
@@ -522,6 +553,9 @@ impl Replica {
                 continue;
             }
             self.requests.queued.remove(position);
+            if !matches!(origin, Origin::Peer { .. }) {
+                self.requests.queued_not_peer -= 1;
+            }
             self.issue_write(id);
             progress = true;
         }
@@ -555,10 +589,8 @@ impl Replica {
                 return false;
             }
             Origin::Client { .. } if self.replicating() => {
-                // Backpressure from a slow peer: what it has not written yet stays bounded.
-                let window = self.replication_window_bytes();
-                let pending = self.requests.unacked_bytes;
-                if pending > 0 && pending + range.length > window {
+                let journal_bytes = journal_bytes(&self.requests.writes[&id].kind);
+                if !self.backlog_allows(range, journal_bytes) {
                     return false;
                 }
             }
@@ -617,6 +649,7 @@ impl Replica {
 
     fn issue_write(&mut self, id: WriteId) {
         let replicating = self.replicating();
+        let unordered = self.planted(PlantedBug::PeerWriteUnordered);
         let volume = self.volume.as_mut().expect("attached");
         let write = self.requests.writes.get_mut(&id).expect("held");
         for extent in write.extents.clone() {
@@ -626,7 +659,7 @@ impl Replica {
             let seq = self.requests.next_seq;
             self.requests.next_seq = seq.next();
             write.seq = Some(seq);
-            let after = self.requests.completed_seq;
+            let after = if unordered { Seq(0) } else { write.after };
             if replicating {
                 let protocol = self.config.protocol;
                 for extent in write.extents.clone() {
@@ -638,9 +671,11 @@ impl Replica {
                     range: write.range,
                     extents: write.extents.clone(),
                     completion,
+                    journal_bytes: journal_bytes(&write.kind),
                 };
+                self.requests.unacked_bytes += unacked.range.length;
+                self.requests.unacked_journal_bytes += unacked.journal_bytes;
                 self.requests.unacked.insert(seq, unacked);
-                self.requests.unacked_bytes += write.range.length;
                 if protocol == Protocol::B {
                     self.requests.receipt_waiters.insert(seq, id);
                 }
@@ -691,6 +726,7 @@ impl Replica {
             .remove(&seq)
             .ok_or(format!("unexpected ack of write {seq}"))?;
         self.requests.unacked_bytes -= unacked.range.length;
+        self.requests.unacked_journal_bytes -= unacked.journal_bytes;
         let volume = self.volume.as_mut().expect("attached");
         for extent in unacked.extents.clone() {
             volume.activity_log.release(extent);
@@ -747,6 +783,7 @@ impl Replica {
         self.requests.connection += 1;
         let unacked = std::mem::take(&mut self.requests.unacked);
         self.requests.unacked_bytes = 0;
+        self.requests.unacked_journal_bytes = 0;
         // A write the peer may lack that the journal does not hold (sent before the journal
         // started): the journal can no longer bring the peer up to date.
         let journal = &self.volume.as_ref().expect("attached").journal;
@@ -779,19 +816,25 @@ impl Replica {
         self.finish_flushes();
     }
 
-    /// Bytes of replicated writes the peer may not have written yet before client writes wait.
-    /// Under protocol A the journal holds them, so the window is its capacity.
-    pub(super) fn replication_window_bytes(&self) -> u64 {
-        let window = self.config.replication_window_bytes;
-        if self.config.protocol != Protocol::A {
-            return window;
-        }
+    /// Backpressure from a slow peer: whether a client write of `range` (whose journal record
+    /// takes `journal_bytes`) may go out with what the peer has not written yet. Under
+    /// protocols B and C that backlog is bounded by the replication window, in payload bytes.
+    /// Under protocol A the journal holds it, so the bound is three quarters of the journal,
+    /// counted as the ring counts it (a record takes a header and padding to a block: a 4 KiB
+    /// write takes 8 KiB): a peer that merely lags never makes the journal overflow.
+    fn backlog_allows(&self, range: ByteRange, journal_bytes: u64) -> bool {
         let volume = self.volume.as_ref().expect("attached");
-        if !volume.journal.is_active() {
-            return window;
-        }
-        let capacity = self.config.journal_memory_bytes_max + volume.layout.params.journal_bytes;
-        window.max(capacity * 3 / 4)
+        let (pending, adding, bound) =
+            if self.config.protocol == Protocol::A && volume.journal.is_active() {
+                let capacity =
+                    self.config.journal_memory_bytes_max + volume.layout.params.journal_bytes;
+                let pending = self.requests.unacked_journal_bytes;
+                (pending, journal_bytes, capacity * 3 / 4)
+            } else {
+                let pending = self.requests.unacked_bytes;
+                (pending, range.length, self.config.replication_window_bytes)
+            };
+        pending == 0 || pending + adding <= bound
     }
 
     /// Completes every issued write whose conditions hold.
@@ -930,6 +973,7 @@ impl Replica {
     /// Completes every write not yet issued with `EIO` (the disk failed).
     pub(super) fn fail_queued_requests(&mut self) {
         let queued: Vec<WriteId> = self.requests.queued.drain(..).collect();
+        self.requests.queued_not_peer = 0;
         for id in queued {
             let write = self.requests.writes.remove(&id).expect("held");
             match write.origin {
@@ -950,32 +994,39 @@ impl Replica {
 
     /// What the next activity-log transaction should do: the cold extents queued writes need,
     /// in queue order, and the hot extents the same writes need (which must not be evicted).
-    /// It stops before the wanted and protected extents together would not fit in the log.
+    /// It stops before the wanted and protected extents together would not fit in the log, and
+    /// looks at most `EXTENT_LOOKAHEAD` writes ahead: it runs at every step, and a secondary
+    /// can hold thousands of queued writes; writes further back get their extents as the head
+    /// of the queue drains.
     pub(super) fn wanted_extents(&self) -> (Vec<u64>, Vec<u64>) {
         let Some(volume) = self.volume.as_ref() else {
             return (Vec::new(), Vec::new());
         };
         let log = &volume.activity_log;
-        let mut wanted: Vec<u64> = Vec::new();
-        let mut protected: Vec<u64> = Vec::new();
-        for id in &self.requests.queued {
+        let ahead = || self.requests.queued.iter().take(EXTENT_LOOKAHEAD);
+        let cold = |id: &WriteId| {
             let extents = self.requests.writes[id].extents.clone();
-            let (hot, cold): (Vec<u64>, Vec<u64>) = extents.partition(|e| log.is_active(*e));
-            let new_hot = hot.iter().filter(|e| !protected.contains(e)).count();
-            let new_cold = cold.iter().filter(|e| !wanted.contains(e)).count();
-            if wanted.len() + protected.len() + new_hot + new_cold > log.slot_count() {
+            extents.into_iter().any(|extent| !log.is_active(extent))
+        };
+        if !ahead().any(cold) {
+            return (Vec::new(), Vec::new());
+        }
+        let mut seen: HashSet<u64> = HashSet::new();
+        let (mut wanted, mut protected) = (Vec::new(), Vec::new());
+        for id in ahead() {
+            let extents = self.requests.writes[id].extents.clone();
+            let new: Vec<u64> = extents.filter(|extent| !seen.contains(extent)).collect();
+            if seen.len() + new.len() > log.slot_count() {
                 break;
             }
-            protected.extend(
-                hot.into_iter()
-                    .filter(|e| !protected.contains(e))
-                    .collect::<Vec<_>>(),
-            );
-            wanted.extend(
-                cold.into_iter()
-                    .filter(|e| !wanted.contains(e))
-                    .collect::<Vec<_>>(),
-            );
+            for extent in new {
+                seen.insert(extent);
+                if log.is_active(extent) {
+                    protected.push(extent);
+                } else {
+                    wanted.push(extent);
+                }
+            }
         }
         (wanted, protected)
     }
@@ -1020,6 +1071,14 @@ fn peer_message(write: &PendingWrite, seq: Seq, after: Seq, receipt: bool) -> Pe
 }
 
 /// Records a client write in the journal when the journal is active.
+/// Ring bytes the journal record of a write takes: trims and zeroings carry no payload.
+fn journal_bytes(kind: &WriteKind) -> u64 {
+    match kind {
+        WriteKind::Data(data) => record::stored_bytes(data.len() as u64),
+        WriteKind::Trim | WriteKind::Zeroes => record::stored_bytes(0),
+    }
+}
+
 fn journal_append(volume: &mut super::Volume, write: &PendingWrite, seq: Seq) {
     if !volume.journal.is_active() {
         volume.journal.set_next_seq(seq.next());
