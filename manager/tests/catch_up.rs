@@ -194,8 +194,6 @@ fn read_region(setup: &Setup, node: &str) -> Vec<u8> {
 }
 
 #[test]
-#[ignore = "flaky here: 1 of 3 runs after the stale-ack fix still fell back to a bitmap \
-            resync (beta inconsistent); run with --ignored while that is investigated"]
 fn a_catch_up_keeps_the_secondary_a_prefix_of_the_primary() {
     let setup = setup(
         "catch-up",
