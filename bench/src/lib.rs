@@ -8,7 +8,6 @@ pub mod load;
 pub mod local;
 pub mod nbd;
 pub mod pair;
-pub mod pump;
 pub mod replicated;
 pub mod report;
 pub mod stages;

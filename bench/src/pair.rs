@@ -2,7 +2,7 @@
 //! be: each node has its own backing file and metadata, its own [`LocalVolume`] and its own
 //! async runtime (two workers, like the daemon's), and the link is a real
 //! [`link::connect`]/[`link::accept`] pair (Noise handshake, AES-256-GCM records, the configured
-//! compression), pumped by [`crate::pump::session`].
+//! compression), pumped by [`engine::runtime::session::run`] as in the daemon.
 //!
 //! Both metadata copies are created `InSync` in the same generation, so the nodes connect with
 //! the rule `reconnected` and need no initial sync; the first node connects (as the node listed
@@ -20,15 +20,15 @@ use engine::layout::LayoutParams;
 use engine::protocol::compress::Compression;
 use engine::replica::{AdminCommand, Protocol, ReplicaConfig};
 use engine::runtime::link::{self, Hello, LinkConfig, LinkCounters, LinkTraffic};
-use engine::runtime::{LocalVolume, RuntimeOptions, VolumeHandle, metadata, os_random_u64};
+use engine::runtime::{
+    LocalVolume, RuntimeOptions, VolumeHandle, metadata, os_random_u64, session,
+};
 use engine::state::{ConnState, ReplState};
 use engine::types::NodeId;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-
-use crate::pump;
 
 /// The volume's name on both nodes.
 pub const VOLUME_NAME: &str = "bench";
@@ -114,7 +114,7 @@ impl Backlog {
 
 /// One node's session task and the means to stop it.
 struct Session {
-    stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<String>,
     task: JoinHandle<String>,
 }
 
@@ -256,7 +256,7 @@ impl Pair {
     /// Stops the link, then detaches both volumes cleanly.
     pub fn close(mut self) -> anyhow::Result<()> {
         for (node, session) in self.sessions.drain(..) {
-            let _ = session.stop.send(());
+            let _ = session.stop.send("stopped by the benchmark".to_string());
             let runtime = &self.runtimes[node];
             // The timer must be created inside the runtime.
             let ended =
@@ -391,7 +391,7 @@ fn accept_one(
         };
         match link::accept(stream, &config).await {
             Ok((sender, receiver, _peer)) => {
-                pump::session(handle, sender, receiver, outputs, stopped).await
+                session::run(handle, sender, receiver, Box::new(outputs), stopped).await
             }
             Err(error) => format!("accepting the link: {error}"),
         }
@@ -414,6 +414,12 @@ fn connect_one(
         .with_context(|| format!("connecting the link to {address}"))?;
     let counters = sender.counters();
     let (stop, stopped) = oneshot::channel();
-    let task = runtime.spawn(pump::session(handle, sender, receiver, outputs, stopped));
+    let task = runtime.spawn(session::run(
+        handle,
+        sender,
+        receiver,
+        Box::new(outputs),
+        stopped,
+    ));
     Ok((Session { stop, task }, counters))
 }

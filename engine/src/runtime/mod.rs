@@ -11,6 +11,7 @@
 pub mod backing;
 pub mod link;
 pub mod metadata;
+pub mod session;
 mod volume;
 
 pub use volume::{Completion, LocalVolume, PeerOutput, RuntimeOptions, VolumeHandle};

@@ -4,19 +4,15 @@
 //! retries with a backoff from 200 ms to 5 s and logs a failure once per distinct reason. A new
 //! connection on the accepting side replaces the current one (the peer only connects when it
 //! has no link, so the old one is dead). While a session runs, messages from the peer go to the
-//! replica and the replica's messages go to the peer, in order; when either direction fails,
-//! the replica hears why. Each direction is its own task: a long burst of incoming writes (a
-//! catch-up backlog) must not hold back the acks and pings going out, or the peer would count
-//! this node as silent and drop the link.
+//! replica and the replica's messages go to the peer, in order ([`engine::runtime::session`]);
+//! when either direction fails, the replica hears why.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::protocol::messages::PeerMessage;
-use engine::replica::Input;
 use engine::runtime::link::{self, LinkConfig, LinkCounters, LinkReceiver, LinkSender};
-use engine::runtime::{PeerOutput, VolumeHandle};
+use engine::runtime::{PeerOutput, VolumeHandle, session};
 use engine::state::ConnState;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -149,7 +145,7 @@ async fn accept_loop(
     outputs: &Arc<Mutex<UnboundedReceiver<PeerOutput>>>,
     totals: &Arc<LinkTotals>,
 ) {
-    let mut current: Option<(oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
+    let mut current: Option<(oneshot::Sender<String>, tokio::task::JoinHandle<()>)> = None;
     loop {
         let Ok((stream, address)) = listener.accept().await else {
             continue;
@@ -162,7 +158,7 @@ async fn accept_loop(
             }
         };
         if let Some((stop, task)) = current.take() {
-            let _ = stop.send(());
+            let _ = stop.send("replaced by a new connection from the peer".to_string());
             let _ = task.await;
         }
         if !wants_link(handle) {
@@ -192,68 +188,19 @@ async fn accept_loop(
     }
 }
 
-/// One connected session; returns why it ended (after telling the replica).
+/// One connected session ([`engine::runtime::session::run`]), counted in `totals`; returns
+/// why it ended.
 async fn session(
     handle: &VolumeHandle,
-    mut sender: LinkSender,
-    mut receiver: LinkReceiver,
+    sender: LinkSender,
+    receiver: LinkReceiver,
     outputs: &Arc<Mutex<UnboundedReceiver<PeerOutput>>>,
     totals: &Arc<LinkTotals>,
-    stopped: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<String>,
 ) -> String {
-    let mut outputs = Arc::clone(outputs).lock_owned().await;
-    // Messages left from an earlier session belong to a link that is gone.
-    while outputs.try_recv().is_ok() {}
+    let outputs = Arc::clone(outputs).lock_owned().await;
     totals.start(sender.counters());
-    handle.peer_input(Input::PeerConnected);
-    let mut writing = tokio::spawn(async move {
-        loop {
-            match outputs.recv().await {
-                Some(PeerOutput::Send(message)) => {
-                    if let Err(error) = sender.send(message.kind(), &message.encode()).await {
-                        return error.to_string();
-                    }
-                }
-                Some(PeerOutput::Close(reason)) => return reason,
-                None => return "the volume stopped".to_string(),
-            }
-        }
-    });
-    let reading = async {
-        loop {
-            let (kind, payload) = match receiver.recv().await {
-                Ok(frame) => frame,
-                Err(error) => return error.to_string(),
-            };
-            let message = match PeerMessage::decode(kind, &payload) {
-                Ok(message) => message,
-                Err(error) => return format!("protocol error: {error}"),
-            };
-            receiver.recycle(payload);
-            handle.peer_input(Input::PeerMessage(message));
-            // Frames already buffered never wait on the socket: let the other tasks run.
-            tokio::task::consume_budget().await;
-        }
-    };
-    let (reason, writer_running) = tokio::select! {
-        reason = reading => (reason, true),
-        written = &mut writing => (
-            written.unwrap_or_else(|error| format!("the link writer failed: {error}")),
-            false,
-        ),
-        replaced = stopped => match replaced {
-            Ok(()) => ("replaced by a new connection from the peer".to_string(), true),
-            Err(_) => ("the link task stopped".to_string(), true),
-        },
-    };
-    // The writer holds the outputs and the socket: both are free once it has stopped.
-    if writer_running {
-        writing.abort();
-        let _ = writing.await;
-    }
+    let reason = session::run(handle.clone(), sender, receiver, outputs, stop).await;
     totals.finish();
-    handle.peer_input(Input::PeerDisconnected {
-        reason: reason.clone(),
-    });
     reason
 }
