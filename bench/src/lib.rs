@@ -3,6 +3,7 @@
 
 pub mod ceiling;
 pub mod data;
+pub mod delay;
 pub mod linkonly;
 pub mod load;
 pub mod local;

@@ -30,6 +30,8 @@ use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+use crate::delay;
+
 /// The volume's name on both nodes.
 pub const VOLUME_NAME: &str = "bench";
 
@@ -60,6 +62,8 @@ pub struct PairConfig {
     pub layout: LayoutParams,
     /// Payload bytes of the journal's memory tier on each node.
     pub journal_memory_bytes: u64,
+    /// Added to each direction of the link by a relay ([`crate::delay`]); zero: none.
+    pub link_delay: Duration,
 }
 
 impl PairConfig {
@@ -72,6 +76,7 @@ impl PairConfig {
             layout: LayoutParams::default(),
             journal_memory_bytes: ReplicaConfig::new(VOLUME_NAME, NodeId(0))
                 .journal_memory_bytes_max,
+            link_delay: Duration::ZERO,
         }
     }
 }
@@ -166,7 +171,10 @@ impl Pair {
             link_config
         });
         let [primary_config, secondary_config] = configs;
-        let (address, accepting) = accept_one(&runtimes[1], &volumes[1], secondary_config)?;
+        let (mut address, accepting) = accept_one(&runtimes[1], &volumes[1], secondary_config)?;
+        if !config.link_delay.is_zero() {
+            address = delay::start(&runtimes[0], address, config.link_delay)?;
+        }
         let (connecting, counters) =
             connect_one(&runtimes[0], &volumes[0], address, &primary_config)?;
         let pair = Self {

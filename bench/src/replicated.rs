@@ -98,6 +98,8 @@ pub struct Options {
     pub layout: LayoutParams,
     /// Payload bytes of each node's journal memory tier.
     pub journal_memory_bytes: u64,
+    /// Added to each direction of the link (zero: none).
+    pub link_delay: Duration,
     /// Codecs of the engine and link-only measurements.
     pub compressions: Vec<Compression>,
     /// Codecs of the NBD measurements.
@@ -308,6 +310,7 @@ impl Bench<'_> {
             protocol,
             layout: self.options.layout,
             journal_memory_bytes: self.options.journal_memory_bytes,
+            link_delay: self.options.link_delay,
         }
     }
 

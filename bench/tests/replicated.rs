@@ -154,3 +154,34 @@ fn the_link_alone_carries_writes() {
         "{traffic:?}"
     );
 }
+
+/// With a delay on the link, a protocol C write waits for the round trip (a lower bound that no
+/// machine can beat), and the pair still replicates.
+#[test]
+fn a_delayed_link_delays_protocol_c_writes_by_the_round_trip() {
+    let scratch = Scratch::new("delay");
+    let files = [scratch.file("primary.img"), scratch.file("secondary.img")];
+    let delay = Duration::from_millis(20);
+    let config = PairConfig {
+        link_delay: delay,
+        ..PairConfig::new(files.clone(), Compression::Lz4)
+    };
+    let pair = Pair::start(&config).expect("pair");
+    let data = DataSet::new(DataKind::Random, 4096, 4);
+    let target = EngineTarget(pair.primary());
+    for index in 0..4u64 {
+        let started = std::time::Instant::now();
+        target
+            .write(index * 4096, data.block(index))
+            .expect("write");
+        let took = started.elapsed();
+        assert!(took >= 2 * delay, "write {index} took {took:?}");
+    }
+    pair.check_replicating().expect("still replicating");
+    pair.close().expect("close");
+    let secondary = Backing::open(&files[1]).expect("open");
+    for index in 0..4u64 {
+        let read = secondary.read(index * 4096, 4096).expect("read");
+        assert_eq!(read.as_slice(), data.block(index).as_slice());
+    }
+}

@@ -103,6 +103,10 @@ struct ReplicatedArgs {
     /// Payload MiB each node's journal holds in memory before spilling to the ring.
     #[arg(long, default_value_t = ReplicaConfig::new("bench", NodeId(0)).journal_memory_bytes_max >> 20)]
     journal_memory_mib: u64,
+    /// Milliseconds added to each direction of the engine path's link by a relay in this
+    /// process (the stand-in for `tc netem delay`, which this kernel lacks); 0: none.
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
     /// Link codecs of the engine and link-only measurements.
     #[arg(long, value_delimiter = ',', default_value = "none,lz4,zstd", value_parser = parse_compression)]
     compression: Vec<Compression>,
@@ -179,6 +183,7 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
         protocols: args.protocols.clone(),
         layout,
         journal_memory_bytes: args.journal_memory_mib << 20,
+        link_delay: seconds(args.delay_ms / 1000.0, "--delay-ms")?,
         compressions: args.compression.clone(),
         paths: args.paths.clone(),
         nbd_compressions: args.nbd_compression.clone(),
@@ -196,6 +201,7 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
         "protocols": args.protocols.iter().map(|&p| replicated::protocol_name(p)).collect::<Vec<_>>(),
         "journal_ring_mib": args.journal_ring_mib,
         "journal_memory_mib": args.journal_memory_mib,
+        "delay_ms": args.delay_ms,
         "size_mib": args.size_mib,
         "seconds": args.seconds,
         "warmup_seconds": args.warmup_seconds,
@@ -240,11 +246,13 @@ fn print_report(args: &ReplicatedArgs, report: &Report, elapsed: Duration) {
         .collect();
     println!(
         "## tandem-bench replicated: {} data, protocols {}, journal {} MiB memory + {} MiB ring, \
-         {} MiB backing files, {} s measured after {} s warm-up, {cores} cores\n",
+         link delay {} ms each way, {} MiB backing files, {} s measured after {} s warm-up, \
+         {cores} cores\n",
         args.data,
         protocols.join(","),
         args.journal_memory_mib,
         args.journal_ring_mib,
+        args.delay_ms,
         args.size_mib,
         args.seconds,
         args.warmup_seconds
