@@ -37,8 +37,14 @@ fn read_block(path: &Path, b: u64) -> Vec<u8> {
 }
 
 /// Two nodes in sync on blocks 0..16 = 'A'; then apart: alpha (primary) writes blocks 0..4 =
-/// 'B', goes secondary; beta is promoted and writes blocks 8..10 = 'C'. Then they meet.
-fn diverge(test: &str, subnet: u8, volume_extra: &str, beta_stays_primary: bool) -> Cluster {
+/// 'B', goes secondary; beta is promoted (later) and writes `beta_blocks` = 'C'. Then they meet.
+fn diverge(
+    test: &str,
+    subnet: u8,
+    volume_extra: &str,
+    beta_blocks: std::ops::Range<u64>,
+    beta_stays_primary: bool,
+) -> Cluster {
     let mut cluster = Cluster::new(test, loopback_pair(subnet), 128 << 20, volume_extra);
     primary_and_synced(&mut cluster);
     write_blocks(&cluster, "alpha", 0..16, b'A');
@@ -53,7 +59,9 @@ fn diverge(test: &str, subnet: u8, volume_extra: &str, beta_stays_primary: bool)
     write_blocks(&cluster, "alpha", 0..4, b'B');
     cluster.tandem_ok("alpha", &["volume", "secondary", "r0"]);
     cluster.tandem_ok("beta", &["volume", "primary", "r0", "--force"]);
-    write_blocks(&cluster, "beta", 8..10, b'C');
+    if !beta_blocks.is_empty() {
+        write_blocks(&cluster, "beta", beta_blocks, b'C');
+    }
     if !beta_stays_primary {
         cluster.tandem_ok("beta", &["volume", "secondary", "r0"]);
     }
@@ -69,7 +77,7 @@ fn ranges(side: &serde_json::Value) -> Vec<[u64; 2]> {
 
 #[test]
 fn a_split_brain_is_shown_and_resolved_keeping_the_discarded_blocks() {
-    let cluster = diverge("split-brain", 64, "", true);
+    let cluster = diverge("split-brain", 64, "", 8..10, true);
     wait_for(
         Duration::from_secs(30),
         "both nodes to detect the split brain",
@@ -213,6 +221,7 @@ fn the_least_changes_policy_saves_the_loser_and_resyncs_it() {
         "split-brain-policy",
         65,
         "after_split_brain = \"discard-least-changes\"",
+        8..10,
         false,
     );
     // Beta changed 2 blocks, alpha 4: beta loses, saves its blocks, and resyncs from alpha.
@@ -234,16 +243,87 @@ fn the_least_changes_policy_saves_the_loser_and_resyncs_it() {
         beta_log.contains("by rule=least-changes-self"),
         "beta logs the rule that chose it:\n{beta_log}"
     );
-    let saved = cluster.dir.join("beta").join("discarded");
-    let folder = std::fs::read_dir(&saved)
-        .expect("beta's discard folder")
-        .next()
-        .expect("one save")
-        .expect("entry")
-        .path();
+    let folder = discard_folder(&cluster, "beta");
     assert_eq!(
         std::fs::read_to_string(folder.join("ranges")).expect("ranges"),
         format!("{} {}\n", 8 * BLOCK, 2 * BLOCK)
     );
     assert_eq!(read_block(&folder.join("image"), 8), block(b'C'));
+}
+
+/// The one folder an automatic resolve saved `node`'s blocks in (under `discard_dir`).
+fn discard_folder(cluster: &Cluster, node: &str) -> std::path::PathBuf {
+    let saved = cluster.dir.join(node).join("discarded");
+    let mut folders = std::fs::read_dir(&saved).expect("the discard folder");
+    let folder = folders.next().expect("one save").expect("entry").path();
+    assert!(folders.next().is_none(), "one save only");
+    folder
+}
+
+/// Waits for the pair to be in sync again after an automatic resolve; returns beta's log.
+fn wait_resolved(cluster: &Cluster) -> String {
+    let synced = cluster.tandem(
+        "alpha",
+        &["volume", "wait", "r0", "synced", "--timeout", "60"],
+    );
+    assert!(
+        synced.status.success(),
+        "{}\n{}",
+        describe(&synced),
+        cluster.logs()
+    );
+    assert!(cluster.data_areas_identical());
+    cluster.log("beta")
+}
+
+#[test]
+fn the_younger_primary_policy_discards_the_later_primary_even_with_more_changes() {
+    // Beta became primary after alpha's changes began, and changed 6 blocks to alpha's 4:
+    // least-changes would discard alpha; younger-primary discards beta.
+    let cluster = diverge(
+        "split-brain-younger",
+        68,
+        "after_split_brain = \"discard-younger-primary\"",
+        8..14,
+        false,
+    );
+    let beta_log = wait_resolved(&cluster);
+    assert!(
+        beta_log.contains("by rule=younger-primary-self"),
+        "beta logs the rule that chose it:\n{beta_log}"
+    );
+    assert_eq!(read_block(&cluster.backing("beta"), 0), block(b'B'));
+    assert_eq!(read_block(&cluster.backing("beta"), 8), block(b'A'));
+    let folder = discard_folder(&cluster, "beta");
+    assert_eq!(
+        std::fs::read_to_string(folder.join("ranges")).expect("ranges"),
+        format!("{} {}\n", 8 * BLOCK, 6 * BLOCK)
+    );
+    assert_eq!(read_block(&folder.join("image"), 13), block(b'C'));
+}
+
+#[test]
+fn the_zero_changes_policy_discards_the_side_that_wrote_nothing() {
+    // Beta was promoted while apart but wrote nothing: it loses, and alpha's 4 blocks win.
+    let cluster = diverge(
+        "split-brain-zero",
+        69,
+        "after_split_brain = \"discard-zero-changes\"",
+        0..0,
+        false,
+    );
+    let beta_log = wait_resolved(&cluster);
+    assert_eq!(read_block(&cluster.backing("beta"), 0), block(b'B'));
+    assert_eq!(read_block(&cluster.backing("beta"), 8), block(b'A'));
+    assert!(
+        beta_log.contains("split brain detected") && beta_log.contains("by rule=zero-changes-self"),
+        "beta detects the split brain and logs the rule that chose it:\n{beta_log}"
+    );
+    // The save still happens (the rule is checked against the bitmaps, not trusted): an empty
+    // range list.
+    let folder = discard_folder(&cluster, "beta");
+    assert_eq!(
+        std::fs::read_to_string(folder.join("ranges")).expect("ranges"),
+        ""
+    );
 }
