@@ -409,6 +409,10 @@ REQUIRED_TOOLS=(
     truncate:coreutils
 )
 
+# Build-time packages without a command to look for: libublk's bindings are generated with
+# libclang when tandem is built.
+REQUIRED_PACKAGES=(libclang-dev)
+
 has_candidate() {
     apt-cache policy "$1" 2>/dev/null | grep -q 'Candidate: [^(]'
 }
@@ -426,6 +430,9 @@ install_missing() {
             missing+=("$tool")
             [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
         fi
+    done
+    for package in "${REQUIRED_PACKAGES[@]}"; do
+        package_installed "$package" || { missing+=("$package"); packages+=("$package"); }
     done
     if [ ${#missing[@]} -eq 0 ]; then
         info "nothing to install: every tool the demo uses is present"
@@ -453,6 +460,7 @@ install_missing() {
         info "installed $package"
     done
     for tool in "${missing[@]}"; do
+        [[ " ${REQUIRED_PACKAGES[*]} " == *" $tool "* ]] && continue
         command -v "$tool" >/dev/null || die "$tool is still missing after installing ${packages[*]}"
     done
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use engine::layout::LayoutParams;
 use serde::Deserialize;
+use ublk_target::ublk::UblkOptions;
 
 use crate::size::ByteSize;
 
@@ -160,6 +161,13 @@ pub struct VolumeSection {
     pub frontend: Frontend,
     /// NBD port (export name = volume name).
     pub nbd_port: Option<u16>,
+    /// ublk hardware queues (default: min(cores, 4)).
+    pub ublk_queues: Option<u16>,
+    /// ublk requests in flight per queue (default 128).
+    pub ublk_depth: Option<u16>,
+    /// Logical block size of the ublk device: 512 or 4096.
+    #[serde(default = "default_logical_block_size")]
+    pub logical_block_size: u32,
     /// Split-brain policy.
     #[serde(default)]
     pub after_split_brain: AfterSplitBrain,
@@ -189,6 +197,9 @@ pub struct VolumeSection {
     pub backing: BTreeMap<String, PathBuf>,
 }
 
+fn default_logical_block_size() -> u32 {
+    512
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/tandem")
 }
@@ -292,6 +303,7 @@ impl Config {
                 .layout_params()
                 .validate()
                 .map_err(|e| format!("volume {:?}: {e}", volume.name))?;
+            volume.validate_ublk()?;
         }
         Ok(())
     }
@@ -328,6 +340,33 @@ impl VolumeSection {
             al_slots: self.activity_log_extents,
             journal_bytes: self.journal_size.0,
         }
+    }
+
+    /// The shape of the ublk device (defaults for what is not set).
+    pub fn ublk_options(&self) -> UblkOptions {
+        let defaults = UblkOptions::default();
+        UblkOptions {
+            queues: self.ublk_queues.unwrap_or(defaults.queues),
+            depth: self.ublk_depth.unwrap_or(defaults.depth),
+            logical_block_bytes: self.logical_block_size,
+            ..defaults
+        }
+    }
+
+    fn validate_ublk(&self) -> Result<(), String> {
+        let problem = if !matches!(self.logical_block_size, 512 | 4096) {
+            Some(format!(
+                "logical_block_size = {} (512 or 4096)",
+                self.logical_block_size
+            ))
+        } else if self.ublk_queues.is_some_and(|q| !(1..=32).contains(&q)) {
+            Some("ublk_queues must be 1 to 32".to_string())
+        } else if self.ublk_depth.is_some_and(|d| !(1..=4096).contains(&d)) {
+            Some("ublk_depth must be 1 to 4096".to_string())
+        } else {
+            None
+        };
+        problem.map_or(Ok(()), |p| Err(format!("volume {:?}: {p}", self.name)))
     }
 
     /// The backing store of node `node`.

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod link;
 pub mod split_brain;
+pub mod ublk;
 pub mod volume;
 
 use std::sync::Arc;

@@ -11,6 +11,7 @@ use engine::types::NodeId;
 use ublk_target::nbd::{self, BlockBackend, ExportRegistry, ExportState, NbdLimits};
 
 use super::link::{self, LinkEnd, LinkTotals};
+use super::ublk::UblkFrontend;
 use crate::config::{AfterSplitBrain, Compression, Config, Frontend, VolumeSection};
 use crate::status::{JournalReport, SyncReport, VolumeReport};
 
@@ -27,6 +28,7 @@ pub struct VolumeService {
     open_error: Option<String>,
     exports: Arc<ExportRegistry>,
     nbd_device: Option<String>,
+    ublk: Option<Arc<UblkFrontend>>,
     frontend_error: std::sync::Mutex<Option<String>>,
     link_totals: Arc<LinkTotals>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -70,6 +72,7 @@ impl VolumeService {
             open_error: None,
             exports: Arc::new(ExportRegistry::new()),
             nbd_device: None,
+            ublk: None,
             frontend_error: std::sync::Mutex::new(None),
             link_totals: Arc::new(LinkTotals::default()),
             tasks: Vec::new(),
@@ -167,9 +170,16 @@ impl VolumeService {
         let section = &self.section;
         let node = config.node(node_name).expect("validated");
         let error = match section.frontend {
-            Frontend::Ublk => Some(
-                "frontend ublk is not available in this build; set frontend = \"nbd\"".to_string(),
-            ),
+            Frontend::Ublk => {
+                let state_dir = node.state_dir.clone();
+                match UblkFrontend::new(&section.name, section.ublk_options(), state_dir) {
+                    Ok(frontend) => {
+                        self.ublk = Some(Arc::new(frontend));
+                        None
+                    }
+                    Err(error) => Some(format!("frontend ublk: {error}")),
+                }
+            }
             Frontend::Nbd => match section.nbd_port {
                 None => Some("frontend nbd needs nbd_port".to_string()),
                 Some(port) => {
@@ -203,9 +213,33 @@ impl VolumeService {
         self.reconcile_export(handle);
     }
 
+    /// A backend over the volume, for a frontend.
+    fn backend(handle: &VolumeHandle) -> Arc<dyn BlockBackend> {
+        Arc::new(VolumeBackend {
+            handle: handle.clone(),
+            size_bytes: handle.status().size_bytes,
+        })
+    }
+
+    /// The ublk device follows the role (off the async workers; a change already under way
+    /// makes this one wait for the next round).
+    fn reconcile_ublk(&self, handle: &VolumeHandle) {
+        let Some(ublk) = self.ublk.clone() else {
+            return;
+        };
+        let handle = handle.clone();
+        tokio::task::spawn_blocking(move || {
+            ublk.reconcile(&handle, &|| Self::backend(&handle));
+        });
+    }
+
     /// Serves the export while this node is primary with consistent data; otherwise tells NBD
     /// clients why not.
     pub fn reconcile_export(&self, handle: &VolumeHandle) {
+        if self.ublk.is_some() {
+            self.reconcile_ublk(handle);
+            return;
+        }
         let status = handle.status();
         let serving = status.role == Role::Primary && status.disk.is_consistent();
         let name = &self.section.name;
@@ -232,9 +266,17 @@ impl VolumeService {
         self.exports.set(name, state);
     }
 
-    /// Runs an admin command (blocking work happens off the async workers).
+    /// Runs an admin command (blocking work happens off the async workers). With ublk, a
+    /// promotion returns once `/dev/ublkbN` exists, and a demotion removes it first (and is
+    /// refused while it is in use).
     pub async fn admin(&self, command: AdminCommand) -> Result<(), String> {
         let handle = self.handle.as_ref().ok_or_else(|| self.down_reason())?;
+        if let Some(ublk) = self.ublk.clone() {
+            let handle = handle.clone();
+            return tokio::task::spawn_blocking(move || ublk_admin(&ublk, &handle, command))
+                .await
+                .unwrap_or_else(|join| Err(format!("admin command panicked: {join}")));
+        }
         let result = admin_blocking(handle, command)
             .await
             .map_err(|r| r.to_string());
@@ -366,10 +408,10 @@ impl VolumeService {
             },
             split_brain: status.split_brain,
             split_brain_detail: status.split_brain_detail.clone(),
-            device: if serving {
-                self.nbd_device.clone()
-            } else {
-                None
+            device: match &self.ublk {
+                Some(ublk) => ublk.device_path(),
+                None if serving => self.nbd_device.clone(),
+                None => None,
             },
             size_bytes: status.size_bytes,
             protocol,
@@ -383,14 +425,28 @@ impl VolumeService {
                 .frontend_error
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone(),
+                .clone()
+                .or_else(|| self.ublk.as_ref().and_then(|ublk| ublk.error())),
         }
     }
 
-    /// Stops the tasks and closes the volume cleanly (metadata marked clean).
+    /// Stops the tasks and closes the volume cleanly (metadata marked clean). A ublk device in
+    /// use stays with the kernel for the next daemon; the volume is then left as a crash leaves
+    /// it, since the requests in flight are reissued to the next daemon.
     pub async fn stop(mut self) {
         for task in self.tasks.drain(..) {
             task.abort();
+        }
+        if let Some(ublk) = self.ublk.take() {
+            let left = tokio::task::spawn_blocking(move || ublk.shutdown())
+                .await
+                .unwrap_or(false);
+            if left {
+                // The process exits next; closing would complete the reissued requests' first
+                // attempts with errors.
+                std::mem::forget(self.local.take());
+                return;
+            }
         }
         if let Some(local) = self.local.take() {
             let name = self.section.name.clone();
@@ -400,6 +456,28 @@ impl VolumeService {
                 Ok(Err(refusal)) => tracing::warn!(volume = %name, "close: {refusal}"),
                 Err(join) => tracing::warn!(volume = %name, "close panicked: {join}"),
             }
+        }
+    }
+}
+
+/// An admin command on a volume served through ublk (blocking).
+fn ublk_admin(
+    ublk: &UblkFrontend,
+    handle: &VolumeHandle,
+    command: AdminCommand,
+) -> Result<(), String> {
+    let backend = || VolumeService::backend(handle);
+    match command {
+        AdminCommand::Demote => ublk.demote(|| handle.admin(command).map_err(|r| r.to_string())),
+        AdminCommand::Promote { .. } => {
+            handle.admin(command).map_err(|r| r.to_string())?;
+            ublk.start(&backend)
+                .map_err(|error| format!("primary now, but the ublk device did not start: {error}"))
+        }
+        command => {
+            let result = handle.admin(command).map_err(|r| r.to_string());
+            ublk.reconcile(handle, &backend);
+            result
         }
     }
 }

@@ -30,22 +30,8 @@ use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use engine::replica::ClientOp;
-use engine::runtime::Completion;
-
+pub use crate::BlockBackend;
 pub use server::serve;
-
-/// What an export serves: a tandem volume (or, in tests, memory).
-pub trait BlockBackend: Send + Sync + 'static {
-    /// The size of the export in bytes (the server advertises it rounded down to 512 bytes).
-    fn size_bytes(&self) -> u64;
-
-    /// Submits a request; `completion` may run on any thread, possibly before `submit` returns.
-    /// Offsets and lengths are multiples of 512 and within the export; reads must complete with
-    /// exactly `length` bytes. `submit` should not block for long: it runs on the server's
-    /// async runtime.
-    fn submit(&self, op: ClientOp, completion: Completion);
-}
 
 /// Whether an export can be used on this node.
 #[derive(Clone)]
