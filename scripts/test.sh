@@ -26,6 +26,9 @@ nsenter util-linux
 ip iproute2
 sha256sum coreutils
 TOOLS
+    # libublk's bindings are generated with libclang when the workspace builds.
+    dpkg-query -W -f '${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed' \
+        || missing+=(libclang-dev)
     if [ "${#missing[@]}" -eq 0 ]; then
         echo "all test tools present"
         return
@@ -51,6 +54,12 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "unit, scenario, simulation and real-process tests"
 cargo test --workspace --all-features
+
+step "guest for kernel-path tests: qemu, Debian cloud kernel (cached in target/vm), initramfs"
+scripts/vm/build-guest.sh
+
+step "kernel paths in a qemu guest (TCG): kernel NBD client, ublk switchover, ublk restart"
+TANDEM_VM_NO_BUILD=1 scripts/vm/run.sh kernel-nbd ublk-switchover ublk-restart
 
 step "simulator: $SIM_SEEDS seeds"
 cargo run -p engine --release --features sim --bin sim -- --seeds "$SIM_SEEDS"
