@@ -40,6 +40,52 @@ pub struct Config {
     /// The replicated volumes, `[[volume]]`.
     #[serde(rename = "volume", default)]
     pub volumes: Vec<VolumeSection>,
+    /// Heartbeat settings, `[heartbeat]`.
+    #[serde(default)]
+    pub heartbeat: HeartbeatSection,
+}
+
+/// `[heartbeat]`: beats over every node's `heartbeat` addresses (link i joins the i-th address
+/// of each node; a node without any uses its `address`).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatSection {
+    /// UDP port on every link.
+    #[serde(default = "default_heartbeat_port")]
+    pub port: u16,
+    /// Milliseconds between beats.
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    /// Missed intervals before a link is `suspect`.
+    #[serde(default = "default_warn_after")]
+    pub warn_after: u32,
+    /// Missed intervals before a link is `down`; all links down, the peer is lost.
+    #[serde(default = "default_dead_after")]
+    pub dead_after: u32,
+}
+
+impl Default for HeartbeatSection {
+    fn default() -> Self {
+        Self {
+            port: default_heartbeat_port(),
+            interval_ms: default_interval_ms(),
+            warn_after: default_warn_after(),
+            dead_after: default_dead_after(),
+        }
+    }
+}
+
+fn default_heartbeat_port() -> u16 {
+    7788
+}
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_warn_after() -> u32 {
+    2
+}
+fn default_dead_after() -> u32 {
+    3
 }
 
 /// `[cluster]`.
@@ -270,6 +316,7 @@ impl Config {
                 self.nodes.len()
             ));
         }
+        self.validate_heartbeat()?;
         let mut volume_names = BTreeSet::new();
         let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
         for volume in &self.volumes {
@@ -278,6 +325,12 @@ impl Config {
                 return Err(format!("volume {:?} is defined twice", volume.name));
             }
             for port in std::iter::once(volume.port).chain(volume.nbd_port) {
+                if port == self.heartbeat.port {
+                    return Err(format!(
+                        "volume {:?} uses port {port}, the heartbeat port",
+                        volume.name
+                    ));
+                }
                 if let Some(other) = ports.insert(port, &volume.name) {
                     return Err(format!(
                         "volumes {other:?} and {:?} both use port {port}",
@@ -306,6 +359,58 @@ impl Config {
             volume.validate_ublk()?;
         }
         Ok(())
+    }
+
+    fn validate_heartbeat(&self) -> Result<(), String> {
+        let beat = &self.heartbeat;
+        if !(10..=60_000).contains(&beat.interval_ms) {
+            return Err("heartbeat.interval_ms must be 10 to 60000".to_string());
+        }
+        if beat.warn_after == 0 || beat.dead_after <= beat.warn_after || beat.dead_after > 100 {
+            return Err(format!(
+                "heartbeat: need 0 < warn_after < dead_after <= 100 (warn_after {}, dead_after {})",
+                beat.warn_after, beat.dead_after
+            ));
+        }
+        let counts: Vec<usize> = self.nodes.iter().map(|n| n.heartbeat.len()).collect();
+        if counts[0] != counts[1] {
+            return Err(format!(
+                "node {:?} has {} heartbeat addresses and node {:?} {}: link i joins the i-th \
+                 address of each",
+                self.nodes[0].name, counts[0], self.nodes[1].name, counts[1]
+            ));
+        }
+        for node in &self.nodes {
+            if let Some(bad) = node.heartbeat.iter().find(|a| a.parse::<IpAddr>().is_err()) {
+                return Err(format!(
+                    "node {:?}: heartbeat address {bad:?} is not an IP address",
+                    node.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The heartbeat links, in the configured order: per link and node, where the node binds
+    /// and where its peer reaches it. Without `heartbeat` addresses there is one link over
+    /// `address` (bound on `bind_address` if set).
+    pub fn heartbeat_links(&self) -> Vec<Vec<(IpAddr, IpAddr)>> {
+        let count = self.nodes[0].heartbeat.len();
+        if count == 0 {
+            let ends = self.nodes.iter().map(|n| (n.listen_ip(), n.ip()));
+            return vec![ends.collect()];
+        }
+        (0..count)
+            .map(|link| {
+                self.nodes
+                    .iter()
+                    .map(|node| {
+                        let ip: IpAddr = node.heartbeat[link].parse().expect("validated");
+                        (ip, ip)
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// The node called `name`.
@@ -435,6 +540,14 @@ beta = "/tmp/beta.img"
             PathBuf::from("/var/lib/tandem")
         );
         assert!(config.node("gamma").unwrap_err().contains("alpha, beta"));
+        assert_eq!(config.heartbeat.interval_ms, 1000);
+        assert_eq!(
+            (config.heartbeat.warn_after, config.heartbeat.dead_after),
+            (2, 3)
+        );
+        let links = config.heartbeat_links();
+        assert_eq!(links.len(), 1, "one link over the node addresses");
+        assert_eq!(links[0][1].1, "127.0.0.2".parse::<IpAddr>().expect("ip"));
     }
 
     #[test]
@@ -463,6 +576,32 @@ beta = "/tmp/beta.img"
             (
                 GOOD.replace("name = \"beta\"", "name = \"alpha\""),
                 "node \"alpha\" is defined twice",
+            ),
+            (
+                GOOD.replace(
+                    "state_dir = \"/tmp/alpha\"",
+                    "state_dir = \"/tmp/alpha\"\nheartbeat = [\"10.0.0.1\"]",
+                ),
+                "node \"alpha\" has 1 heartbeat addresses and node \"beta\" 0",
+            ),
+            (
+                GOOD.replace("port = 7789", "port = 7788"),
+                "uses port 7788, the heartbeat port",
+            ),
+            (
+                format!("{GOOD}[heartbeat]\nwarn_after = 3\ndead_after = 3\n"),
+                "need 0 < warn_after < dead_after",
+            ),
+            (
+                format!("{GOOD}[heartbeat]\ninterval_ms = 1\n"),
+                "interval_ms must be 10 to 60000",
+            ),
+            (
+                GOOD.replace(
+                    "nbd_port = 10809",
+                    "nbd_port = 10809\nlogical_block_size = 1024",
+                ),
+                "logical_block_size = 1024 (512 or 4096)",
             ),
         ];
         for (text, expected) in cases {

@@ -1,7 +1,8 @@
-//! tandem's cluster manager (its sans-IO core arrives with the cluster-manager issue) and the
-//! configuration every part of the `tandem` binary reads.
+//! tandem's cluster manager (its sans-IO core is [`cluster`]) and the configuration every part
+//! of the `tandem` binary reads.
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod discard;
 pub mod key;

@@ -35,6 +35,9 @@ pub struct LinkView {
     pub address: String,
     /// `up`, `suspect` or `down`.
     pub health: String,
+    /// Why the link has no socket on the reporting node, if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A resource group.
@@ -214,7 +217,17 @@ impl NodeReport {
             } else {
                 "unreachable"
             };
-            let _ = writeln!(out, "  {:<12} {reach}", node.name);
+            let links: Vec<String> = node
+                .links
+                .iter()
+                .map(|link| format!("{} {}", link.address, link.health))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  {:<12} {reach}; heartbeat links: {}",
+                node.name,
+                links.join(", ")
+            );
         }
         for volume in &self.volumes {
             let _ = writeln!(

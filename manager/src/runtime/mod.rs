@@ -5,6 +5,7 @@
 //! status with the reason; the others run on (S8).
 
 pub mod admin;
+pub mod heartbeat;
 pub mod link;
 pub mod split_brain;
 pub mod ublk;
@@ -17,7 +18,7 @@ use tokio::sync::RwLock;
 
 use crate::admin::{Request, Response};
 use crate::config::Config;
-use crate::status::{NodeReport, NodeView};
+use crate::status::{LinkView, NodeReport, NodeView};
 use volume::VolumeService;
 
 /// The running daemon's state, shared with the admin socket.
@@ -26,6 +27,7 @@ pub struct Daemon {
     node: String,
     config: Config,
     volumes: RwLock<Vec<VolumeService>>,
+    heartbeat: heartbeat::SharedView,
 }
 
 impl Daemon {
@@ -122,15 +124,31 @@ impl Daemon {
     async fn report(&self) -> NodeReport {
         let volumes = self.volumes.read().await;
         let reports: Vec<_> = volumes.iter().map(VolumeService::report).collect();
-        let peer_connected = reports.iter().any(|v| v.connection == "connected");
+        let peer = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let nodes = self
             .config
             .nodes
             .iter()
-            .map(|node| NodeView {
-                name: node.name.clone(),
-                reachable: node.name == self.node || peer_connected,
-                links: Vec::new(),
+            .map(|node| {
+                let this = node.name == self.node;
+                let links = peer
+                    .links
+                    .iter()
+                    .map(|link| LinkView {
+                        address: if this { link.local } else { link.peer }.to_string(),
+                        health: link.health.name().to_string(),
+                        error: link.error.clone(),
+                    })
+                    .collect();
+                NodeView {
+                    name: node.name.clone(),
+                    reachable: this || peer.alive,
+                    links,
+                }
             })
             .collect();
         NodeReport {
@@ -163,6 +181,12 @@ pub fn run(config: Config, node: &str) -> Result<(), String> {
     runtime.block_on(async move {
         let socket = admin::socket_path(&node_section);
         let listener = admin::bind(&socket)?;
+        let index = config
+            .nodes
+            .iter()
+            .position(|n| n.name == node)
+            .expect("validated");
+        let heartbeat = heartbeat::start(&config, index, &key).await;
         let mut volumes = Vec::new();
         for section in &config.volumes {
             volumes.push(VolumeService::start(&config, node, section, key).await);
@@ -171,6 +195,7 @@ pub fn run(config: Config, node: &str) -> Result<(), String> {
             node: node.to_string(),
             config: config.clone(),
             volumes: RwLock::new(volumes),
+            heartbeat,
         });
         let admin_task = tokio::spawn(admin::serve(listener, Arc::clone(&daemon)));
         let housekeeping = tokio::spawn(housekeeping(Arc::clone(&daemon)));

@@ -321,6 +321,8 @@ pub struct NetnsPair {
     pub names: [String; 2],
     pub addresses: [String; 2],
     pub veths: [String; 2],
+    /// The veths of links added with `add_link`.
+    links: Vec<[String; 2]>,
 }
 
 impl NetnsPair {
@@ -363,6 +365,62 @@ impl NetnsPair {
             names,
             addresses,
             veths: veth,
+            links: Vec::new(),
+        }
+    }
+
+    /// Adds another veth link between the namespaces, on subnet 10.(232 + n).ID.0/24; returns
+    /// its two addresses. Links are numbered from 0 (the one `new` made).
+    pub fn add_link(&mut self) -> [String; 2] {
+        let id = std::process::id() % 200 + 20;
+        let n = self.links.len() + 1;
+        let veth = [format!("tdv{id}a{n}"), format!("tdv{id}b{n}")];
+        let addresses = [
+            format!("10.{}.{id}.1", 231 + n),
+            format!("10.{}.{id}.2", 231 + n),
+        ];
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            &veth[0],
+            "netns",
+            &self.names[0],
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &veth[1],
+            "netns",
+            &self.names[1],
+        ]));
+        for index in 0..2 {
+            let address = format!("{}/24", addresses[index]);
+            let netns = &self.names[index];
+            run_ok(Command::new("ip").args([
+                "-n",
+                netns,
+                "addr",
+                "add",
+                &address,
+                "dev",
+                &veth[index],
+            ]));
+            run_ok(Command::new("ip").args(["-n", netns, "link", "set", &veth[index], "up"]));
+        }
+        self.links.push(veth);
+        addresses
+    }
+
+    /// Takes link `link` down or up on both sides (a cable pulled, or plugged back).
+    pub fn set_link(&self, link: usize, up: bool) {
+        let veth = if link == 0 {
+            &self.veths
+        } else {
+            &self.links[link - 1]
+        };
+        for (netns, veth) in self.names.iter().zip(veth) {
+            let state = if up { "up" } else { "down" };
+            run_ok(Command::new("ip").args(["-n", netns, "link", "set", veth, state]));
         }
     }
 
