@@ -13,6 +13,7 @@ use engine::layout::LayoutParams;
 use serde::Deserialize;
 use ublk_target::ublk::UblkOptions;
 
+use crate::cluster::group::GroupSection;
 use crate::size::ByteSize;
 
 /// Where the configuration lives unless `--config` says otherwise.
@@ -43,6 +44,9 @@ pub struct Config {
     /// Heartbeat settings, `[heartbeat]`.
     #[serde(default)]
     pub heartbeat: HeartbeatSection,
+    /// Resource groups, `[[group]]`.
+    #[serde(rename = "group", default)]
+    pub groups: Vec<GroupSection>,
 }
 
 /// `[heartbeat]`: beats over every node's `heartbeat` addresses (link i joins the i-th address
@@ -357,6 +361,29 @@ impl Config {
                 .validate()
                 .map_err(|e| format!("volume {:?}: {e}", volume.name))?;
             volume.validate_ublk()?;
+        }
+        self.validate_groups()
+    }
+
+    fn validate_groups(&self) -> Result<(), String> {
+        let nodes: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        let volumes: BTreeSet<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
+        let mut names = BTreeSet::new();
+        let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        for group in &self.groups {
+            if !names.insert(group.name.as_str()) {
+                return Err(format!("group {:?} is defined twice", group.name));
+            }
+            group.check(&nodes, &volumes)?;
+            let used = group.resources.iter().filter(|r| r.kind == "volume");
+            for volume in used.filter_map(|r| r.volume.as_deref()) {
+                if let Some(other) = owners.insert(volume, &group.name) {
+                    return Err(format!(
+                        "volume {volume:?} is in groups {other:?} and {:?}; one group owns it",
+                        group.name
+                    ));
+                }
+            }
         }
         Ok(())
     }

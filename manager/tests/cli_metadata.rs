@@ -189,3 +189,80 @@ fn bad_input_is_refused_with_one_line_and_the_right_exit_code() {
     let output = scratch.tandem(&["config", "check"]);
     assert!(output.status.success(), "{output:?}");
 }
+
+/// An invalid configuration (a dependency cycle, an unknown node, two volumes on one port):
+/// `config check` exits 1 naming the problem, and the daemon refuses to start with it.
+#[test]
+fn an_invalid_config_is_named_by_config_check_and_stops_the_daemon() {
+    let scratch = Scratch::new("invalid");
+    let path = scratch.dir.join("tandem.toml");
+    let good = std::fs::read_to_string(&path).expect("config");
+    let group = r#"
+[[group]]
+name = "web"
+nodes = ["alpha", "beta"]
+[[group.resource]]
+name = "fs"
+kind = "filesystem"
+volume = "r0"
+mount = "/srv"
+after = ["http"]
+[[group.resource]]
+name = "http"
+kind = "process"
+command = ["true"]
+after = ["fs"]
+"#;
+    let cases = [
+        (
+            format!("{good}{group}"),
+            "resources depend on each other in a cycle: fs after http after fs",
+        ),
+        (
+            format!(
+                "{good}{}",
+                group.replace("\"alpha\", \"beta\"", "\"alpha\", \"gamma\"")
+            ),
+            "unknown node \"gamma\"",
+        ),
+        (
+            format!(
+                "{good}[[volume]]\nname = \"r1\"\nport = 7789\n[volume.backing]\nalpha = \"/a\"\nbeta = \"/b\"\n"
+            ),
+            "volumes \"r0\" and \"r1\" both use port 7789",
+        ),
+    ];
+    scratch.file("alpha.img", 64 << 20);
+    for (text, expected) in cases {
+        std::fs::write(&path, text).expect("config");
+        let check = scratch.tandem(&["config", "check"]);
+        assert_eq!(check.status.code(), Some(1));
+        let line = stderr_line(&check);
+        assert!(line.contains(expected), "{expected:?} in {line:?}");
+        // A daemon that wrongly started would run until killed: bounded wait.
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_tandem"))
+            .arg("--config")
+            .arg(&path)
+            .args(["--node", "alpha", "daemon"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let started = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = daemon.try_wait().expect("wait") {
+                break status;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(20) {
+                let _ = daemon.kill();
+                panic!("the daemon started with an invalid configuration ({expected})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let output = daemon.wait_with_output().expect("output");
+        assert_eq!(status.code(), Some(1), "the daemon refuses to start");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains(expected),
+            "{output:?}"
+        );
+    }
+}

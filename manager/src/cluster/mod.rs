@@ -3,4 +3,5 @@
 //! packets; the simulator can drive it with a model clock.
 
 pub mod beat;
+pub mod group;
 pub mod heartbeat;
