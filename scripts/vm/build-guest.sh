@@ -14,6 +14,9 @@
 #   TANDEM_VM_DIR=DIR          where to keep all this (default: <repo>/target/vm)
 #   TANDEM_VM_KERNEL_DEB=FILE  use this linux-image .deb instead of downloading one
 #   TANDEM_VM_TANDEM=FILE      put this tandem binary in the guest instead of building one
+#
+# `build-guest.sh --layer FILE ITEM...` instead makes an extra initramfs layer for one scenario
+# (host tools with their libraries, kernel modules): see "Extra layers" below.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 
@@ -435,7 +438,145 @@ build_initramfs() {
     log "initramfs $GUEST_DIR/base.cpio ($(du -h "$GUEST_DIR/base.cpio" | cut -f1))"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Extra layers: tools and modules for one scenario only
+#
+# `build-guest.sh --layer FILE ITEM...` (run.sh calls it for a scenario with a `# vm-tools:` or
+# `# vm-modules:` header) writes FILE, a cpio archive that run.sh appends to the base
+# initramfs for that scenario only, so that a large tool does not slow every other boot. An
+# ITEM is a host command (put in /usr/local/bin, ahead of busybox, with its libraries) or
+# NAME.ko, a module of the guest kernel (put in /lib/modules/vmtest, for load_module). FILE is
+# rebuilt only when one of its inputs changes (FILE.stamp).
+
+# command:package pairs for the tools a scenario may ask for; a command the host already has
+# needs no entry. losetup comes from util-linux (busybox's has no --direct-io).
+LAYER_TOOLS=(
+    fio:fio
+    losetup:mount
+)
+
+layer_package() {
+    local pair
+    for pair in "${LAYER_TOOLS[@]}"; do
+        [ "${pair%%:*}" = "$1" ] && echo "${pair#*:}" && return 0
+    done
+    return 0
+}
+
+install_layer_tools() {
+    local item package
+    local -a packages=()
+    for item in "$@"; do
+        case $item in *.ko) continue ;; esac
+        command -v "$item" >/dev/null 2>&1 && continue
+        package=$(layer_package "$item")
+        [ -n "$package" ] || die "no $item on this host, and LAYER_TOOLS names no package for it"
+        [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
+    done
+    [ "${#packages[@]}" -gt 0 ] || return 0
+    apt_update
+    log "installing ${packages[*]}"
+    apt-get install -y -qq --no-install-recommends "${packages[@]}" \
+        || die "apt-get install ${packages[*]} failed"
+    for item in "$@"; do
+        case $item in *.ko) continue ;; esac
+        command -v "$item" >/dev/null 2>&1 || die "$item is still missing"
+    done
+}
+
+# The kernel package target/vm/kernel was extracted from.
+kernel_deb() {
+    if [ -n "${TANDEM_VM_KERNEL_DEB:-}" ]; then
+        echo "$TANDEM_VM_KERNEL_DEB"
+    else
+        echo "$CACHE_DIR/$(cat "$KERNEL_DIR/source")"
+    fi
+}
+
+# extract_module NAME: target/vm/kernel/modules/NAME.ko from the kernel package, once. Only a
+# module without dependencies will do (the guest has no modprobe and no modules.dep).
+extract_module() {
+    local module=$1 deb version tmp found depends
+    [ -f "$KERNEL_DIR/modules/$module.ko" ] && return 0
+    deb=$(kernel_deb)
+    [ -f "$deb" ] || die "no kernel package $deb to take $module.ko from"
+    version=$(cat "$KERNEL_DIR/version")
+    tmp=$(mktemp -d "$VM_DIR/extract.XXXXXX")
+    dpkg-deb -x "$deb" "$tmp"
+    found=$(find "$tmp/lib/modules/$version" "$tmp/usr/lib/modules/$version" \
+        -name "$module.ko*" 2>/dev/null | head -n 1 || true)
+    if [ -z "$found" ]; then
+        rm -rf "$tmp"
+        die "$deb has no module $module"
+    fi
+    decompress_module "$found" "$KERNEL_DIR/modules/$module.ko.new"
+    rm -rf "$tmp"
+    depends=$(objcopy -O binary --only-section=.modinfo "$KERNEL_DIR/modules/$module.ko.new" \
+        /dev/stdout | tr '\0' '\n' | sed -n 's/^depends=//p')
+    if [ -n "$depends" ]; then
+        rm -f "$KERNEL_DIR/modules/$module.ko.new"
+        die "$module.ko depends on $depends: name those modules too (in load order)"
+    fi
+    mv "$KERNEL_DIR/modules/$module.ko.new" "$KERNEL_DIR/modules/$module.ko"
+    log "extracted $module.ko"
+}
+
+layer_fingerprint() {
+    local item library
+    {
+        sha256sum "${BASH_SOURCE[0]}"
+        cat "$KERNEL_DIR/version"
+        for item in "$@"; do
+            case $item in
+                *.ko) sha256sum "$KERNEL_DIR/modules/$item" ;;
+                *)
+                    stat -L -c '%n %s %Y' "$(command -v "$item")"
+                    while read -r library; do
+                        stat -L -c '%n %s %Y' "$library"
+                    done < <(ldd "$(command -v "$item")" 2>/dev/null | grep -oE '/[^ ]+' || true)
+                    ;;
+            esac
+        done
+    } | sha256sum | cut -d' ' -f1
+}
+
+build_layer() {
+    local out=$1 item fingerprint
+    shift
+    [ "$#" -gt 0 ] || die "--layer FILE needs at least one tool or NAME.ko"
+    [ -f "$KERNEL_DIR/version" ] || die "no guest kernel in $KERNEL_DIR: run build-guest.sh first"
+    install_layer_tools "$@"
+    for item in "$@"; do
+        case $item in *.ko) extract_module "${item%.ko}" ;; esac
+    done
+    fingerprint=$(layer_fingerprint "$@")
+    if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$fingerprint" ]; then
+        log "layer up to date ($out)"
+        return 0
+    fi
+    log "assembling the layer $(basename "$out"): $*"
+    mkdir -p "$(dirname "$out")"
+    STAGING=$(mktemp -d "$(dirname "$out")/staging.XXXXXX")
+    for item in "$@"; do
+        case $item in
+            *.ko) put_file "$KERNEL_DIR/modules/$item" "/lib/modules/vmtest/$item" ;;
+            *) put_binary "$(command -v "$item")" "/usr/local/bin/$item" ;;
+        esac
+    done
+    (cd "$STAGING" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \
+        >"$out.new"
+    mv "$out.new" "$out"
+    echo "$fingerprint" >"$out.stamp"
+    log "layer $out ($(du -h "$out" | cut -f1))"
+}
+
 main() {
+    if [ "${1:-}" = --layer ]; then
+        [ "$#" -ge 3 ] || die "usage: build-guest.sh --layer FILE TOOL|NAME.ko..."
+        shift
+        build_layer "$@"
+        return 0
+    fi
     install_packages
     mkdir -p "$VM_DIR"
     prepare_kernel

@@ -6,7 +6,7 @@
 #
 #   scripts/vm/run.sh kernel-nbd                 one scenario (scripts/vm/scenarios/NAME.sh)
 #   scripts/vm/run.sh kernel-nbd ublk-restart    several, one guest each
-#   scripts/vm/run.sh all                        every scenario
+#   scripts/vm/run.sh all                        every scenario but the manual ones
 #
 # Each scenario runs as the guest's /test.sh with two empty scratch disks (/dev/vda and
 # /dev/vdb) and prints `RESULT PASS NAME` or `RESULT FAIL NAME: reason` on the guest's second
@@ -16,6 +16,16 @@
 # Scenario headers (comment lines in the scenario):
 #   # vm-timeout: SECONDS     the guest's watchdog (default 300); the host kills qemu 60 s later
 #   # vm-disk-size: SIZE      size of each scratch disk (default 256M)
+#   # vm-tools: TOOL...       host commands (with their libraries) this scenario needs in the
+#                             guest, in /usr/local/bin: an extra initramfs layer for this
+#                             scenario only (build-guest.sh --layer, cached in target/vm/guest)
+#   # vm-modules: NAME...     guest kernel modules beyond virtio_blk, nbd and ublk_drv, in the
+#                             same layer (/lib/modules/vmtest/NAME.ko, for load_module)
+#   # vm-manual: yes          a measurement, run only when named: `all` leaves it out
+#
+# Lines the scenario writes to the second serial port other than its RESULT line (a
+# measurement's table, say) are printed after the scenario and kept, with the RESULT line, in
+# target/vm/logs/NAME.results.txt.
 #
 # Environment:
 #   TANDEM_VM_DIR=DIR         cache and logs (default <repo>/target/vm; logs/NAME.console.log
@@ -107,29 +117,63 @@ header() {
     echo "${value:-$3}"
 }
 
+# header_words FILE KEY: every word of a `# KEY: word...` line of the scenario.
+header_words() {
+    sed -n "s/^# $2: *//p" "$1" | head -n 1
+}
+
+# layer_items FILE: what the scenario's extra layer holds (tools, then NAME.ko), or nothing.
+layer_items() {
+    local tools modules module
+    tools=$(header_words "$1" vm-tools)
+    modules=$(header_words "$1" vm-modules)
+    printf '%s' "$tools"
+    for module in $modules; do printf ' %s.ko' "${module%.ko}"; done
+}
+
+# prepare_layer NAME ITEM...: builds (or, with TANDEM_VM_NO_BUILD=1, finds) the extra layer
+# and prints its path.
+prepare_layer() {
+    local name=$1 layer
+    shift
+    layer=$VM_DIR/guest/layer-$(printf '%s\n' "$@" | LC_ALL=C sort -u | paste -sd- -).cpio
+    if [ "${TANDEM_VM_NO_BUILD:-0}" != 1 ]; then
+        "$HERE/build-guest.sh" --layer "$layer" "$@" >&2 || die "$name: building the layer $layer failed"
+    fi
+    [ -f "$layer" ] || die "$name: no layer $layer (run scripts/vm/build-guest.sh --layer $layer $*)"
+    echo "$layer"
+}
+
 # The initramfs for one scenario: the base image with a second archive appended (the kernel
-# unpacks both, the later one on top) holding /test.sh, the helpers and the settings.
+# unpacks both, the later one on top) holding /test.sh, the helpers and the settings; for a
+# scenario with `# vm-tools:` or `# vm-modules:`, its extra layer goes between the two.
 make_initrd() {
-    local file=$1 name=$2 guest_timeout=$3 overlay=$RUN_DIR/overlay
+    local file=$1 name=$2 guest_timeout=$3 layer=${4:-} overlay=$RUN_DIR/overlay
     mkdir -p "$overlay/lib/vmtest" "$overlay/etc"
     install -m 755 "$file" "$overlay/test.sh"
     install -m 644 "$HERE/guest-lib.sh" "$overlay/lib/vmtest/lib.sh"
     printf 'SCENARIO=%s\nGUEST_TIMEOUT=%s\n' "$name" "$guest_timeout" >"$overlay/etc/vmtest.conf"
     (cd "$overlay" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \
         >"$RUN_DIR/overlay.cpio"
-    cat "$VM_DIR/guest/base.cpio" "$RUN_DIR/overlay.cpio" >"$RUN_DIR/initrd.cpio"
+    cat "$VM_DIR/guest/base.cpio" ${layer:+"$layer"} "$RUN_DIR/overlay.cpio" >"$RUN_DIR/initrd.cpio"
 }
 
 # run_scenario FILE: boots one guest; returns 0 if the scenario passed.
 run_scenario() {
     local file=$1 name guest_timeout disk_size host_timeout started elapsed status=0
+    local layer="" items
     name=$(basename "$file" .sh)
     guest_timeout=$(header "$file" vm-timeout 300)
     disk_size=$(header "$file" vm-disk-size 256M)
     host_timeout=$((guest_timeout + HOST_SLACK))
+    items=$(layer_items "$file")
+    if [ -n "${items// /}" ]; then
+        # shellcheck disable=SC2086 # the items are words
+        layer=$(prepare_layer "$name" $items) || exit 2 # prepare_layer said why
+    fi
 
     RUN_DIR=$(mktemp -d "${TMPDIR:-/tmp}/tandem-vm.$name.XXXXXX")
-    make_initrd "$file" "$name" "$guest_timeout"
+    make_initrd "$file" "$name" "$guest_timeout" "$layer"
     truncate -s "$disk_size" "$RUN_DIR/disk-alpha.img" "$RUN_DIR/disk-beta.img"
     : >"$RUN_DIR/console.log"
     : >"$RUN_DIR/results.txt"
@@ -161,8 +205,13 @@ run_scenario() {
 
     mkdir -p "$VM_DIR/logs"
     tr -d '\r' <"$RUN_DIR/console.log" >"$VM_DIR/logs/$name.console.log"
-    local results first_fail outcome=0
+    local results first_fail outcome=0 report
     results=$(tr -d '\r' <"$RUN_DIR/results.txt")
+    printf '%s\n' "$results" >"$VM_DIR/logs/$name.results.txt"
+    report=$(printf '%s\n' "$results" | grep -v '^RESULT ' | grep -v '^$' || true)
+    if [ -n "$report" ]; then
+        printf '%s\n' "$report" | sed "s/^/vm: $name: /"
+    fi
     first_fail=$(printf '%s\n' "$results" | grep -m 1 '^RESULT FAIL' || true)
     if printf '%s\n' "$results" | grep -qx "RESULT PASS $name" && [ -z "$first_fail" ]; then
         log "$name: PASS in ${elapsed}s"
@@ -197,7 +246,9 @@ main() {
     for arg in "$@"; do
         case $arg in
             -h | --help) usage ;;
-            all) for file in "$SCENARIO_DIR"/*.sh; do files+=("$file"); done ;;
+            all) for file in "$SCENARIO_DIR"/*.sh; do
+                [ "$(header "$file" vm-manual no)" = yes ] || files+=("$file")
+            done ;;
             *) files+=("$(scenario_file "$arg")") ;;
         esac
     done
