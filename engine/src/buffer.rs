@@ -121,6 +121,33 @@ impl IoBuf {
         }
     }
 
+    /// The storage back as a mutable buffer of `len` bytes (holding what it held), if no
+    /// other clone or view still has it and it is large enough; otherwise the buffer itself.
+    /// A frontend reuses its request buffers this way instead of allocating one per request.
+    pub fn try_reclaim(self, len: usize) -> Result<IoBufMut, Self> {
+        let (view_start, view_len) = (self.start, self.len);
+        let kept = |storage| Self {
+            storage,
+            start: view_start,
+            len: view_len,
+        };
+        match Arc::try_unwrap(self.storage) {
+            Ok(storage) => {
+                let start = storage.as_ptr().align_offset(BUFFER_ALIGN_BYTES);
+                if start + len <= storage.len() {
+                    Ok(IoBufMut {
+                        storage,
+                        start,
+                        len,
+                    })
+                } else {
+                    Err(kept(Arc::new(storage)))
+                }
+            }
+            Err(storage) => Err(kept(storage)),
+        }
+    }
+
     /// Whether the first byte is aligned to `align` bytes.
     pub fn is_aligned_to(&self, align: usize) -> bool {
         self.as_slice().as_ptr().align_offset(align) == 0
@@ -163,5 +190,23 @@ mod tests {
                 assert_eq!(view.as_slice(), &[3, 4, 5, 6, 7, 8, 9]);
             }
         }
+    }
+
+    #[test]
+    fn a_buffer_is_reclaimed_only_when_nobody_else_holds_it_and_it_is_large_enough() {
+        let mut buffer = IoBufMut::zeroed(8192);
+        buffer.as_mut_slice()[0] = 7;
+        let frozen = buffer.freeze();
+        let address = frozen.as_slice().as_ptr();
+        let held = frozen.clone();
+        let frozen = frozen.try_reclaim(4096).expect_err("a clone holds it");
+        assert_eq!(frozen.len(), 8192, "the same view back");
+        drop(held);
+        let frozen = frozen.try_reclaim(16384).expect_err("too small");
+        assert_eq!(frozen.as_slice()[0], 7);
+        let reclaimed = frozen.try_reclaim(4096).expect("free and large enough");
+        assert_eq!(reclaimed.len(), 4096);
+        assert_eq!(reclaimed.as_slice().as_ptr(), address, "the same memory");
+        assert!(reclaimed.freeze().is_aligned_to(BUFFER_ALIGN_BYTES));
     }
 }
