@@ -453,6 +453,7 @@ build_initramfs() {
 LAYER_TOOLS=(
     fio:fio
     losetup:mount
+    blkdiscard:util-linux
 )
 
 layer_package() {

@@ -9,6 +9,7 @@
 #
 # vm-timeout: 480
 # vm-disk-size: 256M
+# vm-tools: blkdiscard
 # shellcheck source-path=SCRIPTDIR source=../guest-lib.sh
 . /lib/vmtest/lib.sh
 
@@ -77,6 +78,25 @@ verify_files "$MNT" "$SUMS"
 run umount "$MNT"
 fsck_clean "$beta_device"
 kernel_log_clean
+
+# The file system is checked: its last MiB may be overwritten now.
+step "discard and write-zeroes pass through to the volume"
+queue=/sys/block/$(basename "$beta_device")/queue
+[ "$(cat "$queue/discard_max_bytes")" -gt 0 ] || fail "$beta_device does not take discards"
+[ "$(cat "$queue/write_zeroes_max_bytes")" -gt 0 ] || fail "$beta_device does not take write-zeroes"
+mib=$((DATA_BYTES / 1048576 - 1))
+for op in discard zeroout; do
+    head -c 1048576 /dev/urandom >/tmp/pattern
+    run dd if=/tmp/pattern of="$beta_device" bs=1M seek="$mib" count=1 oflag=direct conv=fsync
+    if [ "$op" = discard ]; then
+        run blkdiscard -f -o $((mib * 1048576)) -l 1048576 "$beta_device"
+    else
+        run blkdiscard -f -z -o $((mib * 1048576)) -l 1048576 "$beta_device"
+    fi
+    dd if="$beta_device" of=/tmp/readback bs=1M skip="$mib" count=1 iflag=direct 2>/dev/null
+    cmp -n 1048576 /tmp/readback /dev/zero >/dev/null || fail "$op: the range did not read back as zeros"
+    info "$op of 1 MiB at MiB $mib reads back as zeros"
+done
 
 step "comparing the two nodes"
 tandem_wait beta synced 120
