@@ -225,20 +225,9 @@ fn the_least_changes_policy_saves_the_loser_and_resyncs_it() {
         false,
     );
     // Beta changed 2 blocks, alpha 4: beta loses, saves its blocks, and resyncs from alpha.
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
-    assert!(cluster.data_areas_identical());
+    let beta_log = wait_resolved(&cluster);
     assert_eq!(read_block(&cluster.backing("beta"), 0), block(b'B'));
     assert_eq!(read_block(&cluster.backing("beta"), 8), block(b'A'));
-    let beta_log = cluster.log("beta");
     assert!(
         beta_log.contains("by rule=least-changes-self"),
         "beta logs the rule that chose it:\n{beta_log}"
