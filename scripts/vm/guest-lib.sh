@@ -200,6 +200,24 @@ EOF
     done
 }
 
+# synced_pair FRONTEND [EXTRA-VOLUME-LINE...]: the cluster configured, both daemons running,
+# alpha primary (forced: fresh metadata) and fully synced to beta; sets DATA_BYTES.
+synced_pair() {
+    step "configuration (frontend $1), cluster key and metadata"
+    setup_cluster "$@"
+    step "starting both daemons"
+    start_daemon alpha
+    start_daemon beta
+    tandem_wait alpha connected 60
+    step "alpha primary (forced: fresh metadata), full sync to beta"
+    run tandem_on alpha volume primary "$VOLUME" --force
+    local started=$SECONDS
+    tandem_wait alpha synced 300
+    info "full sync done in $((SECONDS - started)) s"
+    # shellcheck disable=SC2034 # read by the scenarios
+    DATA_BYTES=$(volume_field alpha size_bytes)
+}
+
 daemon_answers() {
     local node=$1 pid=${DAEMON_PID[$1]}
     if pid_gone "$pid"; then

@@ -43,20 +43,7 @@ load_module nbd
 wait_for 10 "the scratch disks /dev/vda and /dev/vdb" test -b /dev/vdb
 wait_for 10 "$NBD" test -b "$NBD"
 
-step "configuration, cluster key and metadata"
-setup_cluster nbd
-
-step "starting both daemons"
-start_daemon alpha
-start_daemon beta
-tandem_wait alpha connected 60
-
-step "alpha primary (forced: fresh metadata), full sync to beta"
-run tandem_on alpha volume primary "$VOLUME" --force
-started=$SECONDS
-tandem_wait alpha synced 300
-info "full sync done in $((SECONDS - started)) s"
-DATA_BYTES=$(volume_field alpha size_bytes)
+synced_pair nbd
 device=$(volume_field alpha device)
 [ "$device" = "nbd://${ADDRESS[alpha]}:$NBD_PORT/$VOLUME" ] \
     || fail "alpha's status shows device $device, not nbd://${ADDRESS[alpha]}:$NBD_PORT/$VOLUME"

@@ -53,18 +53,7 @@ load_module virtio_blk
 load_ublk
 wait_for 10 "the scratch disks /dev/vda and /dev/vdb" test -b /dev/vdb
 
-step "configuration (frontend ublk), cluster key and metadata"
-setup_cluster ublk "${UBLK_OPTIONS[@]}"
-
-step "starting both daemons"
-start_daemon alpha
-start_daemon beta
-tandem_wait alpha connected 60
-
-step "alpha primary (forced: fresh metadata), full sync to beta"
-run tandem_on alpha volume primary "$VOLUME" --force
-tandem_wait alpha synced 300
-DATA_BYTES=$(volume_field alpha size_bytes)
+synced_pair ublk "${UBLK_OPTIONS[@]}"
 
 step "alpha's ublk device: mkfs.ext4, mount"
 device=$(ublk_device alpha)
