@@ -142,18 +142,22 @@ impl UblkFrontend {
             (true, false) => {
                 let recover = slot.reattach;
                 let device = UblkDevice::start(backend(), self.options, recover)?;
+                let (path, id) = (device.path(), device.id());
                 slot.reattach = None;
                 slot.error = None;
-                std::fs::write(&self.id_file, format!("{}\n", device.id()))
-                    .map_err(|e| format!("cannot write {}: {e}", self.id_file.display()))?;
+                slot.device = Some(device);
                 tracing::info!(
                     volume = %self.volume,
-                    "{} {}",
+                    "{} {path}",
                     if recover.is_some() { "reattached" } else { "serving on" },
-                    device.path()
                 );
-                slot.device = Some(device);
-                Ok(())
+                std::fs::write(&self.id_file, format!("{id}\n")).map_err(|e| {
+                    format!(
+                        "{path} serves, but {} cannot be written ({e}): a restarted daemon \
+                         would not reattach to it",
+                        self.id_file.display()
+                    )
+                })
             }
             (false, true) => self.stop_device(slot),
             _ => Ok(()),
