@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::nbd::NbdClient;
 use common::proxy::DelayRelay;
-use common::{Cluster, NodeSpec, describe, wait_for};
+use common::{Cluster, NodeSpec, wait_for};
 
 const BLOCK: u64 = 4096;
 /// The region the writer stamps: 16 MiB.
@@ -150,25 +150,12 @@ fn setup(test: &str, subnet: u8, volume_extra: &str) -> Setup {
         &["volume", "wait", "r0", "connected", "--timeout", "30"],
     );
     cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    wait_synced(&cluster);
+    cluster.wait_synced("alpha", 120);
     Setup {
         cluster,
         relay,
         nbd: format!("{alpha}:10809"),
     }
-}
-
-fn wait_synced(cluster: &Cluster) {
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
 }
 
 /// Cuts the link and waits until both sides noticed.
@@ -203,7 +190,7 @@ fn a_catch_up_keeps_the_secondary_a_prefix_of_the_primary() {
     let done = AtomicU64::new(0);
     // Connected: beta keeps up.
     write_range(&setup.nbd, 1, 500, &done);
-    wait_synced(&setup.cluster);
+    setup.cluster.wait_synced("alpha", 120);
 
     // Disconnected: 3500 writes (14 MiB) go to the journal, most of it spilled to the ring.
     cut(&setup);
@@ -264,7 +251,7 @@ fn a_catch_up_keeps_the_secondary_a_prefix_of_the_primary() {
     }
     writer.0.join().expect("writer");
     assert_eq!(writer.1.load(Ordering::SeqCst), last);
-    wait_synced(&setup.cluster);
+    setup.cluster.wait_synced("alpha", 120);
     let log = setup.cluster.log("alpha");
     assert!(
         log.contains("catch-up from the journal"),
@@ -326,7 +313,7 @@ fn a_journal_overflow_is_reported_and_the_bitmap_resync_ends_in_sync() {
     );
 
     setup.relay.restore();
-    wait_synced(&setup.cluster);
+    setup.cluster.wait_synced("alpha", 120);
     let log = setup.cluster.log("beta");
     assert!(
         log.contains("bitmap resync") && !log.contains("catch-up"),

@@ -9,7 +9,9 @@ use std::io::Write as _;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, NbdMount, NetnsPair, NodeSpec, describe, require_tools, run_ok};
+use common::{
+    Cluster, NbdMount, NetnsPair, NodeSpec, describe, primary_and_synced, require_tools, run_ok,
+};
 
 const FILES: usize = 20;
 const FILE_BYTES: usize = 10 << 20;
@@ -44,25 +46,7 @@ fn files_on_ext4_survive_a_sigkill_of_the_primary_and_a_failover() {
         },
     ];
     let mut cluster = Cluster::new("failover", nodes, 640 << 20, "journal_size = \"32MiB\"");
-    for node in ["alpha", "beta"] {
-        cluster.tandem_ok(node, &["create-md", "r0"]);
-        cluster.start_daemon(node);
-    }
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "connected", "--timeout", "30"],
-    );
-    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    primary_and_synced(&mut cluster);
 
     // ext4 on the primary's NBD export, seen through FUSE and a loop device.
     let alpha_uri = format!("nbd://{}:10809/r0", netns.addresses[0]);

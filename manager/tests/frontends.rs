@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::nbd::NbdClient;
-use common::{Cluster, describe, loopback_pair};
+use common::{Cluster, loopback_pair};
 
 fn volume<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     status["volumes"]
@@ -72,11 +72,7 @@ fn a_ublk_volume_without_the_module_says_so_and_the_nbd_volume_serves() {
     let block = vec![0x5a; 4096];
     client.write(8192, &block).expect("write");
     assert_eq!(client.read(8192, 4096).expect("read"), block);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(synced.status.success(), "{}", describe(&synced));
+    cluster.wait_synced("alpha", 60);
     let beta: serde_json::Value =
         serde_json::from_slice(&cluster.tandem_ok("beta", &["status", "--json"]).stdout)
             .expect("status JSON");

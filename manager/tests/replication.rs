@@ -6,9 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{
-    Cluster, describe, loopback_pair, primary_and_synced, require_tools, run_ok, wait_for,
-};
+use common::{Cluster, loopback_pair, primary_and_synced, require_tools, run_ok, wait_for};
 
 const GIB: u64 = 1 << 30;
 
@@ -56,16 +54,7 @@ fn resync_after_a_disconnect_moves_only_the_changed_blocks() {
         .as_u64()
         .expect("counter");
     cluster.tandem_ok("alpha", &["volume", "connect", "r0"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    cluster.wait_synced("alpha", 60);
     let sent = cluster.volume_status("alpha")["wire_bytes_sent"]
         .as_u64()
         .expect("counter")

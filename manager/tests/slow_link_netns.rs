@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Cluster, NetnsPair, NodeSpec, describe, require_tools, wait_for};
+use common::{Cluster, NetnsPair, NodeSpec, primary_and_synced, require_tools, wait_for};
 
 const LINK_BYTES_PER_SECOND: f64 = 100e6 / 8.0;
 const WRITE_BYTES: u64 = 256 << 20;
@@ -47,25 +47,7 @@ fn a_slow_link_slows_writes_down_and_memory_stays_bounded() {
     ];
     let volume = "compression = \"none\"\njournal_size = \"16MiB\"";
     let mut cluster = Cluster::new("slowlink", nodes, 512 << 20, volume);
-    for node in ["alpha", "beta"] {
-        cluster.tandem_ok(node, &["create-md", "r0"]);
-        cluster.start_daemon(node);
-    }
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "connected", "--timeout", "30"],
-    );
-    cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    primary_and_synced(&mut cluster);
 
     netns.limit_rate("100mbit");
     let pid = cluster.daemon_pid("alpha");

@@ -48,10 +48,7 @@ fn diverge(
     let mut cluster = Cluster::new(test, loopback_pair(subnet), 128 << 20, volume_extra);
     primary_and_synced(&mut cluster);
     write_blocks(&cluster, "alpha", 0..16, b'A');
-    cluster.tandem_ok(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
+    cluster.wait_synced("alpha", 60);
 
     for node in ["alpha", "beta"] {
         cluster.tandem_ok(node, &["volume", "disconnect", "r0"]);
@@ -176,16 +173,7 @@ fn a_split_brain_is_shown_and_resolved_keeping_the_discarded_blocks() {
     );
     let message = String::from_utf8_lossy(&resolved.stdout);
     assert!(message.contains("16384 bytes in 1 ranges"), "{message}");
-    let synced = cluster.tandem(
-        "beta",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    cluster.wait_synced("beta", 60);
     assert!(cluster.data_areas_identical());
     assert_eq!(read_block(&cluster.backing("alpha"), 0), block(b'A'));
     assert_eq!(read_block(&cluster.backing("alpha"), 8), block(b'C'));
@@ -251,16 +239,7 @@ fn discard_folder(cluster: &Cluster, node: &str) -> std::path::PathBuf {
 
 /// Waits for the pair to be in sync again after an automatic resolve; returns beta's log.
 fn wait_resolved(cluster: &Cluster) -> String {
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    cluster.wait_synced("alpha", 60);
     assert!(cluster.data_areas_identical());
     cluster.log("beta")
 }

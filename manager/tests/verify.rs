@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::nbd::NbdClient;
-use common::{Cluster, describe, loopback_pair, primary_and_synced};
+use common::{Cluster, loopback_pair, primary_and_synced};
 
 const BLOCK: u64 = 4096;
 
@@ -93,11 +93,7 @@ fn verify_finds_exactly_the_corrupted_block_and_never_a_block_being_written() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("verify finished"));
 
     cluster.tandem_ok("alpha", &["volume", "resync", "r0"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "60"],
-    );
-    assert!(synced.status.success(), "{}", describe(&synced));
+    cluster.wait_synced("alpha", 60);
     assert!(cluster.data_areas_identical());
     let report = verify_json(&cluster, &[]);
     assert_eq!(report["mismatched_bytes"], 0, "{report}");
@@ -121,16 +117,7 @@ fn a_checksum_resync_of_identical_replicas_sends_digests_not_data() {
     };
     let before = sent(&cluster);
     cluster.tandem_ok("alpha", &["volume", "resync", "r0", "--checksum"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    cluster.wait_synced("alpha", 120);
     let wire = sent(&cluster) - before;
     eprintln!("checksum resync of {size} identical bytes: {wire} bytes on the wire");
     assert!(

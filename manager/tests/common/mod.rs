@@ -223,6 +223,22 @@ impl Cluster {
         });
     }
 
+    /// Waits until `node` reports r0 in sync with its peer (`volume wait r0 synced`), at most
+    /// `seconds`; fails with both logs otherwise.
+    pub fn wait_synced(&self, node: &str, seconds: u32) {
+        let timeout = seconds.to_string();
+        let synced = self.tandem(
+            node,
+            &["volume", "wait", "r0", "synced", "--timeout", &timeout],
+        );
+        assert!(
+            synced.status.success(),
+            "{}\n{}",
+            describe(&synced),
+            self.logs()
+        );
+    }
+
     /// The daemon log of `name`.
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
@@ -577,14 +593,5 @@ pub fn primary_and_synced(cluster: &mut Cluster) {
         &["volume", "wait", "r0", "connected", "--timeout", "30"],
     );
     cluster.tandem_ok("alpha", &["volume", "primary", "r0", "--force"]);
-    let synced = cluster.tandem(
-        "alpha",
-        &["volume", "wait", "r0", "synced", "--timeout", "120"],
-    );
-    assert!(
-        synced.status.success(),
-        "{}\n{}",
-        describe(&synced),
-        cluster.logs()
-    );
+    cluster.wait_synced("alpha", 120);
 }
