@@ -148,12 +148,24 @@ tandem_on() {
 
 # setup_cluster FRONTEND [EXTRA-VOLUME-LINE...]: key, configuration, metadata on both disks.
 setup_cluster() {
+    local node
+    for node in "${NODES[@]}"; do
+        [ -b "${BACKING[$node]}" ] || fail "no ${BACKING[$node]} for $node (run.sh attaches two disks)"
+    done
+    write_config "$@"
+    for node in "${NODES[@]}"; do
+        run tandem_on "$node" create-md "$VOLUME"
+    done
+}
+
+# write_config FRONTEND [EXTRA-VOLUME-LINE...]: the cluster key and the configuration, each
+# node over ${BACKING[node]}; checked with `tandem config check`.
+write_config() {
     local frontend=$1 node
     shift
     mkdir -p "$WORK"
     for node in "${NODES[@]}"; do
         mkdir -p "$WORK/$node/state"
-        [ -b "${BACKING[$node]}" ] || fail "no ${BACKING[$node]} for $node (run.sh attaches two disks)"
     done
     # 127.0.0.0/8 is local once lo is up; the explicit address makes beta's visible in `ip addr`.
     ip addr add 127.0.0.2/8 dev lo 2>/dev/null || true
@@ -195,9 +207,6 @@ EOF
     } >"$CONF"
     sed 's/^/      /' "$CONF"
     run tandem --config "$CONF" config check
-    for node in "${NODES[@]}"; do
-        run tandem_on "$node" create-md "$VOLUME"
-    done
 }
 
 # synced_pair FRONTEND [EXTRA-VOLUME-LINE...]: the cluster configured, both daemons running,

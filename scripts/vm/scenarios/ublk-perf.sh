@@ -365,36 +365,7 @@ info "$(ls -l "$BACKING_FILE")"
 
 step "configuration (frontend ublk, alpha over the file), metadata on alpha only"
 BACKING[alpha]=$BACKING_FILE
-mkdir -p "$WORK/alpha/state" "$WORK/beta/state"
-tandem keygen >"$WORK/cluster.key"
-chmod 600 "$WORK/cluster.key"
-cat >"$CONF" <<CONFIG
-[cluster]
-name = "vmtest"
-key_file = "$WORK/cluster.key"
-
-[[node]]
-name = "alpha"
-address = "${ADDRESS[alpha]}"
-state_dir = "$WORK/alpha/state"
-
-[[node]]
-name = "beta"
-address = "${ADDRESS[beta]}"
-state_dir = "$WORK/beta/state"
-
-[[volume]]
-name = "$VOLUME"
-port = $REPL_PORT
-protocol = "C"
-compression = "lz4"
-frontend = "ublk"
-[volume.backing]
-alpha = "$BACKING_FILE"
-beta = "${BACKING[beta]}"
-CONFIG
-sed 's/^/      /' "$CONF"
-run tandem --config "$CONF" config check
+write_config ublk
 run tandem_on alpha create-md "$VOLUME"
 
 # Two passes in the order ublk, loop, loop, ublk: a drift of the host's speed during the run
