@@ -25,6 +25,8 @@ losetup mount
 nsenter util-linux
 ip iproute2
 sha256sum coreutils
+sysctl procps
+findmnt util-linux
 TOOLS
     # libublk's bindings are generated with libclang when the workspace builds.
     dpkg-query -W -f '${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed' \

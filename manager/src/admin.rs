@@ -58,6 +58,31 @@ pub enum Request {
         /// The volume.
         volume: String,
     },
+    /// `group start GROUP`.
+    GroupStart {
+        /// The group.
+        group: String,
+    },
+    /// `group stop GROUP`.
+    GroupStop {
+        /// The group.
+        group: String,
+    },
+    /// `group switch GROUP --to NODE [--force]`.
+    GroupSwitch {
+        /// The group.
+        group: String,
+        /// Where to run it.
+        to: String,
+        /// Even if that node's volumes are not `up_to_date`.
+        #[serde(default)]
+        force: bool,
+    },
+    /// `maintenance on|off`.
+    Maintenance {
+        /// On.
+        on: bool,
+    },
     /// `split-brain resolve VOL --keep NODE [--save-discarded DIR]`.
     SplitBrainResolve {
         /// The volume.

@@ -47,6 +47,100 @@ pub struct Config {
     /// Resource groups, `[[group]]`.
     #[serde(rename = "group", default)]
     pub groups: Vec<GroupSection>,
+    /// Arbitration, `[arbitration]`.
+    #[serde(default)]
+    pub arbitration: ArbitrationSection,
+}
+
+/// `[arbitration]`: who may run the groups when the peer is lost (DESIGN S6).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArbitrationSection {
+    /// The witness (`tandem witness`), `host:port`.
+    pub witness: Option<String>,
+    /// Reference IPs (参考IP): a node that reaches none of them may not run the groups.
+    #[serde(default)]
+    pub reference_ips: Vec<String>,
+    /// Lease the witness grants, in milliseconds (default: the heartbeat dead time).
+    pub lease_ms: Option<u64>,
+    /// Time a node leaves itself to stop its groups before its lease runs out (default: the
+    /// heartbeat interval).
+    pub fence_ms: Option<u64>,
+    /// At start, wait this long for the peer before taking over alone (default 15000).
+    pub startup_wait_ms: Option<u64>,
+    /// Without a lease arbiter, take over when the peer is lost anyway (two nodes may then
+    /// both run a group when only the links fail).
+    #[serde(default)]
+    pub takeover_without_arbiter: bool,
+}
+
+impl Config {
+    /// The witness address, if one is configured (validated at load).
+    pub fn witness(&self) -> Option<std::net::SocketAddr> {
+        let witness = self.arbitration.witness.as_deref()?;
+        Some(
+            witness
+                .parse()
+                .expect("validated when the configuration was loaded"),
+        )
+    }
+
+    /// The reference IPs (validated at load).
+    pub fn reference_ips(&self) -> Vec<IpAddr> {
+        self.arbitration
+            .reference_ips
+            .iter()
+            .map(|ip| {
+                ip.parse()
+                    .expect("validated when the configuration was loaded")
+            })
+            .collect()
+    }
+
+    /// Arbitration timing: (lease_ms, fence_ms, startup_wait_ms).
+    pub fn arbitration_timing(&self) -> (u64, u64, u64) {
+        let dead = self.heartbeat.interval_ms * u64::from(self.heartbeat.dead_after);
+        let section = &self.arbitration;
+        (
+            section.lease_ms.unwrap_or(dead),
+            section.fence_ms.unwrap_or(self.heartbeat.interval_ms),
+            section.startup_wait_ms.unwrap_or(15_000),
+        )
+    }
+
+    fn validate_arbitration(&self) -> Result<(), String> {
+        let section = &self.arbitration;
+        if let Some(witness) = &section.witness
+            && witness.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(format!(
+                "arbitration.witness {witness:?} is not host:port (10.0.0.3:7790)"
+            ));
+        }
+        if let Some(bad) = section
+            .reference_ips
+            .iter()
+            .find(|a| a.parse::<IpAddr>().is_err())
+        {
+            return Err(format!(
+                "arbitration.reference_ips: {bad:?} is not an IP address"
+            ));
+        }
+        let interval = self.heartbeat.interval_ms;
+        let dead = interval * u64::from(self.heartbeat.dead_after);
+        let (lease, fence, _) = self.arbitration_timing();
+        if !(100..=60_000).contains(&lease) {
+            return Err("arbitration.lease_ms must be 100 to 60000".to_string());
+        }
+        if fence == 0 || fence + interval >= dead || fence >= lease {
+            return Err(format!(
+                "arbitration.fence_ms {fence} must be above 0, below lease_ms ({lease}) and \
+                 below the dead time less one interval ({})",
+                dead - interval
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[heartbeat]`: beats over every node's `heartbeat` addresses (link i joins the i-th address
@@ -100,6 +194,9 @@ pub struct ClusterSection {
     pub name: String,
     /// The file holding the cluster key (base64, 32 bytes).
     pub key_file: PathBuf,
+    /// A command run (`sh -c`) for every cluster event, with TANDEM_EVENT, TANDEM_NODE,
+    /// TANDEM_GROUP, TANDEM_RESOURCE and TANDEM_STATE in its environment.
+    pub alert: Option<String>,
 }
 
 /// `[[node]]`.
@@ -321,6 +418,7 @@ impl Config {
             ));
         }
         self.validate_heartbeat()?;
+        self.validate_arbitration()?;
         let mut volume_names = BTreeSet::new();
         let mut ports: BTreeMap<u16, &str> = BTreeMap::new();
         for volume in &self.volumes {
@@ -370,6 +468,13 @@ impl Config {
         let volumes: BTreeSet<&str> = self.volumes.iter().map(|v| v.name.as_str()).collect();
         let mut names = BTreeSet::new();
         let mut owners: BTreeMap<&str, &str> = BTreeMap::new();
+        if self.groups.len() > crate::cluster::advert::GROUPS_MAX {
+            return Err(format!(
+                "{} groups; at most {} are supported",
+                self.groups.len(),
+                crate::cluster::advert::GROUPS_MAX
+            ));
+        }
         for group in &self.groups {
             if !names.insert(group.name.as_str()) {
                 return Err(format!("group {:?} is defined twice", group.name));

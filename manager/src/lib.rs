@@ -9,3 +9,5 @@ pub mod key;
 pub mod runtime;
 pub mod size;
 pub mod status;
+
+pub use cluster::Cluster;

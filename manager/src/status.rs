@@ -15,6 +15,9 @@ pub struct NodeReport {
     pub volumes: Vec<VolumeReport>,
     /// Resource groups (the cluster manager's, when configured).
     pub groups: Vec<GroupReport>,
+    /// Arbitration, when groups are configured.
+    #[serde(default)]
+    pub arbitration: Option<ArbitrationReport>,
 }
 
 /// A node as seen from the reporting node.
@@ -47,10 +50,39 @@ pub struct GroupReport {
     pub name: String,
     /// The node running it, if any.
     pub active_node: Option<String>,
-    /// Its state.
+    /// `running`, `starting`, `stopping`, `stopped`, `failed` or `stop_failed`.
     pub state: String,
-    /// Its resources.
-    pub resources: Vec<String>,
+    /// Why it does not run on the reporting node, or what it waits for.
+    #[serde(default)]
+    pub reason: String,
+    /// Its resources and their state on the reporting node.
+    pub resources: Vec<ResourceReport>,
+}
+
+/// A resource of a group, on the reporting node.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ResourceReport {
+    /// Its name.
+    pub name: String,
+    /// `running` or `stopped`.
+    pub state: String,
+}
+
+/// Arbitration, as the reporting node sees it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ArbitrationReport {
+    /// The arbiters configured, in order (`witness 10.0.0.3:7790`, `reference ip 10.0.0.254`).
+    pub arbiters: Vec<String>,
+    /// The reporting node holds a fresh lease.
+    pub lease_held: bool,
+    /// Who holds it instead, as the arbiter said last.
+    pub holder: Option<String>,
+    /// The last arbitration error.
+    pub error: Option<String>,
+    /// The reporting node lost arbitration and stopped its groups.
+    pub fenced: bool,
+    /// Maintenance mode: monitors and failover suspended.
+    pub maintenance: bool,
 }
 
 /// Resync progress.
@@ -324,9 +356,40 @@ impl NodeReport {
                 (None, None) => {}
             }
         }
+        if let Some(arbitration) = &self.arbitration {
+            let arbiters = if arbitration.arbiters.is_empty() {
+                "none configured".to_string()
+            } else {
+                arbitration.arbiters.join(", ")
+            };
+            let mut line = format!("arbitration: {arbiters}");
+            if arbitration.lease_held {
+                line.push_str("; lease held");
+            }
+            if let Some(holder) = &arbitration.holder {
+                let _ = write!(line, "; lease held by {holder}");
+            }
+            if let Some(error) = &arbitration.error {
+                let _ = write!(line, "; {error}");
+            }
+            if arbitration.fenced {
+                line.push_str("; FENCED (lost arbitration, groups stopped)");
+            }
+            if arbitration.maintenance {
+                line.push_str("; MAINTENANCE (monitors and failover suspended)");
+            }
+            let _ = writeln!(out, "{line}");
+        }
         for group in &self.groups {
             let node = group.active_node.as_deref().unwrap_or("-");
-            let _ = writeln!(out, "group {} on {node}: {}", group.name, group.state);
+            let _ = write!(out, "group {} on {node}: {}", group.name, group.state);
+            if !group.reason.is_empty() {
+                let _ = write!(out, " ({})", group.reason);
+            }
+            let _ = writeln!(out);
+            for resource in &group.resources {
+                let _ = writeln!(out, "  {} {}", resource.name, resource.state);
+            }
         }
         out
     }

@@ -114,7 +114,7 @@ fn foreign_datagrams_are_dropped_and_the_daemon_keeps_going() {
     let socket = UdpSocket::bind("127.0.71.9:0").expect("socket");
     let mut garbage = vec![0u8; 72];
     garbage[..4].copy_from_slice(b"TNHB");
-    garbage[4] = 1;
+    garbage[4] = 2;
     for round in 0..200u32 {
         let datagram: &[u8] = match round % 3 {
             0 => &garbage,

@@ -1,20 +1,23 @@
 //! The heartbeat packet: one UDP datagram per beat and link, authenticated with a key derived
 //! from the cluster key, so a host without the key can neither fake a beat nor change one.
-//! Freshness (no replays) is the heartbeat core's job ([`super::heartbeat`]).
+//! Freshness (no replays) is the heartbeat core's job ([`super::heartbeat`]); the advert it
+//! carries is the cluster core's ([`super::advert`]).
 //!
-//! Layout (72 bytes, integers little-endian): `"TNHB"`, version 1, link index, sender node
-//! index, 0, then boot, sequence, nonce and echo (u64 each), then HMAC-SHA256 over the 40
-//! bytes before it.
+//! Layout (integers little-endian): `"TNHB"`, version 2, link index, sender node index, 0,
+//! then boot, sequence, nonce and echo (u64 each), then the advert, then HMAC-SHA256 over
+//! everything before it.
 
 use ring::hmac;
 
+use super::advert::{ADVERT_BYTES_MAX, Advert, AdvertError};
 use super::heartbeat::Beat;
 
 const MAGIC: &[u8; 4] = b"TNHB";
-const VERSION: u8 = 1;
-const SIGNED_BYTES: usize = 40;
-/// Bytes of a heartbeat packet.
-pub const PACKET_BYTES: usize = SIGNED_BYTES + 32;
+const VERSION: u8 = 2;
+const BEAT_BYTES: usize = 40;
+const TAG_BYTES: usize = 32;
+/// Bytes of the largest heartbeat packet.
+pub const PACKET_BYTES_MAX: usize = BEAT_BYTES + ADVERT_BYTES_MAX + TAG_BYTES;
 
 /// What a packet says besides the beat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,7 +31,7 @@ pub struct Sender {
 /// Why a datagram is not a heartbeat of this cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BeatError {
-    /// Not 72 bytes.
+    /// Too short or too long for a heartbeat.
     #[error("{0} bytes, not a heartbeat")]
     Length(usize),
     /// No heartbeat magic.
@@ -40,6 +43,9 @@ pub enum BeatError {
     /// The tag does not match: another cluster key, or a changed packet.
     #[error("heartbeat not signed with this cluster's key")]
     Tag,
+    /// Signed, but its advert does not parse (a bug on the sender).
+    #[error("heartbeat advert: {0}")]
+    Advert(AdvertError),
 }
 
 /// Signs and checks heartbeats of one cluster.
@@ -56,9 +62,9 @@ impl BeatKey {
         Self(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
     }
 
-    /// The packet for `beat` from `sender`.
-    pub fn encode(&self, sender: Sender, beat: Beat) -> [u8; PACKET_BYTES] {
-        let mut packet = [0u8; PACKET_BYTES];
+    /// The packet for `beat` and `advert` from `sender`.
+    pub fn encode(&self, sender: Sender, beat: Beat, advert: &Advert) -> Vec<u8> {
+        let mut packet = vec![0u8; BEAT_BYTES];
         packet[..4].copy_from_slice(MAGIC);
         packet[4] = VERSION;
         packet[5] = sender.link;
@@ -69,14 +75,16 @@ impl BeatKey {
         {
             packet[8 + 8 * index..16 + 8 * index].copy_from_slice(&value.to_le_bytes());
         }
-        let tag = hmac::sign(&self.0, &packet[..SIGNED_BYTES]);
-        packet[SIGNED_BYTES..].copy_from_slice(tag.as_ref());
+        packet.extend_from_slice(&advert.encode());
+        let tag = hmac::sign(&self.0, &packet);
+        packet.extend_from_slice(tag.as_ref());
         packet
     }
 
-    /// The sender and beat of `packet`, if it is an authentic heartbeat of this cluster.
-    pub fn decode(&self, packet: &[u8]) -> Result<(Sender, Beat), BeatError> {
-        if packet.len() != PACKET_BYTES {
+    /// The sender, beat and advert of `packet`, if it is an authentic heartbeat of this
+    /// cluster.
+    pub fn decode(&self, packet: &[u8]) -> Result<(Sender, Beat, Advert), BeatError> {
+        if !(BEAT_BYTES + TAG_BYTES..=PACKET_BYTES_MAX).contains(&packet.len()) {
             return Err(BeatError::Length(packet.len()));
         }
         if &packet[..4] != MAGIC {
@@ -85,8 +93,8 @@ impl BeatKey {
         if packet[4] != VERSION {
             return Err(BeatError::Version(packet[4]));
         }
-        hmac::verify(&self.0, &packet[..SIGNED_BYTES], &packet[SIGNED_BYTES..])
-            .map_err(|_| BeatError::Tag)?;
+        let signed = packet.len() - TAG_BYTES;
+        hmac::verify(&self.0, &packet[..signed], &packet[signed..]).map_err(|_| BeatError::Tag)?;
         let word = |index: usize| {
             let bytes: [u8; 8] = packet[8 + 8 * index..16 + 8 * index]
                 .try_into()
@@ -103,13 +111,15 @@ impl BeatKey {
             nonce: word(2),
             echo: word(3),
         };
-        Ok((sender, beat))
+        let advert = Advert::decode(&packet[BEAT_BYTES..signed]).map_err(BeatError::Advert)?;
+        Ok((sender, beat, advert))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::advert::GroupAdvert;
     use engine::prng::Prng;
 
     const BEAT: Beat = Beat {
@@ -123,17 +133,22 @@ mod tests {
     #[test]
     fn a_beat_round_trips() {
         let key = BeatKey::new(&[7; 32], "demo");
-        let packet = key.encode(SENDER, BEAT);
-        assert_eq!(key.decode(&packet), Ok((SENDER, BEAT)));
+        let advert = Advert {
+            config: 5,
+            groups: vec![GroupAdvert::default(); 2],
+            ..Advert::default()
+        };
+        let packet = key.encode(SENDER, BEAT, &advert);
+        assert_eq!(key.decode(&packet), Ok((SENDER, BEAT, advert)));
     }
 
     #[test]
     fn every_changed_byte_is_refused() {
         let key = BeatKey::new(&[7; 32], "demo");
-        let packet = key.encode(SENDER, BEAT);
-        for index in 0..PACKET_BYTES {
+        let packet = key.encode(SENDER, BEAT, &Advert::default());
+        for index in 0..packet.len() {
             for bit in 0..8 {
-                let mut changed = packet;
+                let mut changed = packet.clone();
                 changed[index] ^= 1 << bit;
                 assert!(key.decode(&changed).is_err(), "byte {index} bit {bit}");
             }
@@ -142,7 +157,7 @@ mod tests {
 
     #[test]
     fn another_key_or_cluster_is_refused() {
-        let packet = BeatKey::new(&[7; 32], "demo").encode(SENDER, BEAT);
+        let packet = BeatKey::new(&[7; 32], "demo").encode(SENDER, BEAT, &Advert::default());
         assert_eq!(
             BeatKey::new(&[8; 32], "demo").decode(&packet),
             Err(BeatError::Tag)
@@ -159,7 +174,7 @@ mod tests {
         let mut prng = Prng::from_seed(9);
         for round in 0..20_000 {
             let length = if round % 2 == 0 {
-                PACKET_BYTES
+                BEAT_BYTES + TAG_BYTES + 10
             } else {
                 (prng.next_u64() % 200) as usize
             };

@@ -126,6 +126,8 @@ pub struct Heartbeats {
     sent: VecDeque<(u64, u64)>,
     /// The newest nonce heard from the peer, to echo.
     echo: u64,
+    /// See [`Heartbeats::echo_sent_ms`].
+    echo_sent_ms: Option<u64>,
     /// The peer's boot and the newest sequence number taken from it.
     peer: Option<(u64, u64)>,
     alive: bool,
@@ -151,6 +153,7 @@ impl Heartbeats {
             next_send_ms: now_ms,
             sent: VecDeque::new(),
             echo: 0,
+            echo_sent_ms: None,
             peer: None,
             alive: false,
         }
@@ -193,13 +196,32 @@ impl Heartbeats {
         if !newer && !repeat {
             return Err(Stale::Sequence);
         }
-        self.echo = beat.nonce;
-        if !self.sent.iter().any(|&(nonce, _)| nonce == beat.echo) {
+        let Some(&(_, sent_ms)) = self.sent.iter().find(|&&(nonce, _)| nonce == beat.echo) else {
+            // While the peer is alive only fresh beats are echoed, so an echo proves that the
+            // peer took one of this node's beats as a sign of life (what the cluster core's
+            // peer vote relies on); while it is not, any beat is, to get to fresh ones.
+            if !self.alive {
+                self.echo = beat.nonce;
+            }
             return Err(Stale::Echo);
-        }
+        };
+        self.echo = beat.nonce;
+        self.echo_sent_ms = self.echo_sent_ms.max(Some(sent_ms));
         self.peer = Some((beat.boot, beat.seq));
         self.links[link].last_fresh_ms = Some(now_ms);
         Ok(())
+    }
+
+    /// When this node sent the newest of its beats that the peer has echoed in a fresh beat:
+    /// the peer took that beat as a sign of life, so it will not find this node dead before
+    /// this time plus the dead time.
+    pub fn echo_sent_ms(&self) -> Option<u64> {
+        self.echo_sent_ms
+    }
+
+    /// Makes the next beat due now (the advert changed and should travel at once).
+    pub fn send_soon(&mut self, now_ms: u64) {
+        self.next_send_ms = self.next_send_ms.min(now_ms);
     }
 
     /// Updates the links' health; returns what changed.

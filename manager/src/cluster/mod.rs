@@ -2,6 +2,12 @@
 //! parts) arbitration and resource groups. The daemon's runtime drives it with time and
 //! packets; the simulator can drive it with a model clock.
 
+pub mod advert;
 pub mod beat;
+pub mod core;
 pub mod group;
 pub mod heartbeat;
+pub mod sim;
+
+pub use self::core::Cluster;
+pub mod witness;

@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::Daemon;
 use crate::admin::{MESSAGE_BYTES_MAX, Request, Response};
+use crate::cluster::core::Command;
 
 /// Binds the socket at `path` (mode 0600), replacing a stale one.
 pub fn bind(path: &Path) -> Result<UnixListener, String> {
@@ -120,7 +121,12 @@ pub fn call(
 /// The engine command for a volume request.
 pub(super) fn engine_command(request: &Request) -> Option<(String, AdminCommand)> {
     Some(match request {
-        Request::Status | Request::SplitBrainResolve { .. } => return None,
+        Request::Status
+        | Request::SplitBrainResolve { .. }
+        | Request::GroupStart { .. }
+        | Request::GroupStop { .. }
+        | Request::GroupSwitch { .. }
+        | Request::Maintenance { .. } => return None,
         Request::Primary { volume, force } => {
             (volume.clone(), AdminCommand::Promote { force: *force })
         }
@@ -140,6 +146,21 @@ pub(super) fn engine_command(request: &Request) -> Option<(String, AdminCommand)
         ),
         Request::Verify { volume, mark } => (volume.clone(), AdminCommand::Verify { mark: *mark }),
         Request::Invalidate { volume } => (volume.clone(), AdminCommand::Invalidate),
+    })
+}
+
+/// The cluster command for a group or maintenance request.
+pub(super) fn cluster_command(request: &Request) -> Option<Command> {
+    Some(match request {
+        Request::GroupStart { group } => Command::Start(group.clone()),
+        Request::GroupStop { group } => Command::Stop(group.clone()),
+        Request::GroupSwitch { group, to, force } => Command::Switch {
+            group: group.clone(),
+            to: to.clone(),
+            force: *force,
+        },
+        Request::Maintenance { on } => Command::Maintenance(*on),
+        _ => return None,
     })
 }
 

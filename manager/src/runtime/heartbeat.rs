@@ -1,5 +1,6 @@
-//! The heartbeat task: UDP beats on every link ([`crate::cluster::heartbeat`] decides what
-//! they mean), and the view of the peer and its links that status shows.
+//! Heartbeat sockets: UDP beats on every link ([`crate::cluster::heartbeat`] decides what they
+//! mean; the cluster task in [`super::cluster`] drives both), and the view of the peer and its
+//! links that status shows.
 //!
 //! One socket per link, bound to this node's address of that link; beats go to the peer's
 //! address of the same link. A datagram that is not an authentic beat of this cluster is
@@ -8,14 +9,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::cluster::beat::{BeatKey, PACKET_BYTES, Sender};
-use crate::cluster::heartbeat::{HeartbeatEvent, HeartbeatTiming, Heartbeats, LinkHealth};
+use crate::cluster::advert::Advert;
+use crate::cluster::beat::{BeatKey, PACKET_BYTES_MAX, Sender};
+use crate::cluster::heartbeat::{Beat, HeartbeatEvent, LinkHealth};
 use crate::config::Config;
+use crate::status::{ArbitrationReport, GroupReport};
 
 /// One link as status shows it.
 #[derive(Clone, Debug)]
@@ -30,49 +32,58 @@ pub struct LinkState {
     pub error: Option<String>,
 }
 
-/// The peer as the heartbeats see it.
+/// The peer as the heartbeats see it, and the cluster core's state, for status.
 #[derive(Clone, Debug, Default)]
 pub struct PeerView {
     /// Some link is not down.
     pub alive: bool,
     /// Each link, in the configured order.
     pub links: Vec<LinkState>,
+    /// The groups.
+    pub groups: Vec<GroupReport>,
+    /// Arbitration.
+    pub arbitration: Option<ArbitrationReport>,
 }
 
 /// The shared view, updated by the task.
 pub type SharedView = Arc<Mutex<PeerView>>;
 
-/// Starts the heartbeat task of node `index`; returns the view it keeps up to date.
-pub async fn start(config: &Config, index: usize, key: &[u8; 32]) -> SharedView {
-    let section = config.heartbeat;
-    let timing = HeartbeatTiming {
-        interval_ms: section.interval_ms,
-        warn_after: section.warn_after,
-        dead_after: section.dead_after,
-    };
+/// The sockets of every link, and the keys to sign and check beats.
+#[derive(Debug)]
+pub struct Links {
+    sockets: Vec<Option<(Arc<UdpSocket>, SocketAddr)>>,
+    /// Datagrams as they arrive, with their link.
+    pub arrived: mpsc::Receiver<(usize, Vec<u8>)>,
+    key: BeatKey,
+    node: u8,
+    peer_node: u8,
+    refused: std::collections::BTreeSet<String>,
+}
+
+/// Binds every link of node `index`; returns the links and the view status shows.
+pub async fn bind(config: &Config, index: usize, key: &[u8; 32]) -> (Links, SharedView) {
+    let port = config.heartbeat.port;
     let peer_index = 1 - index;
-    let addresses = config.heartbeat_links();
-    let mut links = Vec::new();
-    let (arrivals, mut arrived) = mpsc::channel::<(usize, Vec<u8>)>(256);
+    let (arrivals, arrived) = mpsc::channel::<(usize, Vec<u8>)>(256);
     let mut sockets = Vec::new();
-    for (link, pair) in addresses.iter().enumerate() {
+    let mut states = Vec::new();
+    for (link, pair) in config.heartbeat_links().iter().enumerate() {
         let (local, peer) = (pair[index].0, pair[peer_index].1);
-        let bound = UdpSocket::bind(SocketAddr::new(local, section.port)).await;
-        let error = match bound {
+        let error = match UdpSocket::bind(SocketAddr::new(local, port)).await {
             Ok(socket) => {
                 let socket = Arc::new(socket);
                 tokio::spawn(receive(link, Arc::clone(&socket), arrivals.clone()));
-                sockets.push(Some((socket, SocketAddr::new(peer, section.port))));
+                sockets.push(Some((socket, SocketAddr::new(peer, port))));
                 None
             }
             Err(e) => {
-                let reason = format!("cannot bind {local}:{}: {e}", section.port);
+                let reason = format!("cannot bind {local}:{port}: {e}");
                 tracing::error!("heartbeat link {link}: {reason}");
                 sockets.push(None);
                 Some(reason)
             }
         };
-        links.push(LinkState {
+        states.push(LinkState {
             local,
             peer,
             health: LinkHealth::Down,
@@ -81,69 +92,68 @@ pub async fn start(config: &Config, index: usize, key: &[u8; 32]) -> SharedView 
     }
     let view = Arc::new(Mutex::new(PeerView {
         alive: false,
-        links,
+        links: states,
+        ..PeerView::default()
     }));
-    let beats = BeatKey::new(key, &config.cluster.name);
-    let shared = Arc::clone(&view);
-    let node = u8::try_from(index).expect("two nodes");
-    let peer_node = u8::try_from(peer_index).expect("two nodes");
-    let names = [
-        config.nodes[index].name.clone(),
-        config.nodes[peer_index].name.clone(),
-    ];
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let now_ms = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let seed = engine::runtime::os_random_u64();
-        let mut core = Heartbeats::new(timing, sockets.len(), seed, now_ms());
-        let mut refused = std::collections::BTreeSet::new();
-        loop {
-            let wait = core.next_deadline().saturating_sub(now_ms());
-            tokio::select! {
-                () = tokio::time::sleep(std::time::Duration::from_millis(wait)) => {}
-                Some((link, packet)) = arrived.recv() => {
-                    match beats.decode(&packet) {
-                        Ok((Sender { node, link: sent_on }, beat))
-                            if node == peer_node && usize::from(sent_on) == link =>
-                        {
-                            let _ = core.received(link, beat, now_ms());
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            if refused.insert(error.to_string()) {
-                                tracing::warn!("heartbeat link {link}: dropped a datagram: {error}");
-                            }
-                        }
-                    }
-                }
-            }
-            if let Some(beat) = core.poll_send(now_ms()) {
-                for (link, socket) in sockets.iter().enumerate() {
-                    if let Some((socket, to)) = socket {
-                        let sender = Sender {
-                            node,
-                            link: u8::try_from(link).unwrap_or(u8::MAX),
-                        };
-                        // A send error (no route while a link is down) is what the peer's
-                        // silence will show; nothing to do here.
-                        let _ = socket.send_to(&beats.encode(sender, beat), *to).await;
-                    }
-                }
-            }
-            for event in core.tick(now_ms()) {
-                log_event(&names, &shared, event);
-            }
-            let mut view = shared.lock().unwrap_or_else(PoisonError::into_inner);
-            view.alive = core.peer_alive();
-            for (state, health) in view.links.iter_mut().zip(core.health()) {
-                state.health = health;
-            }
-        }
-    });
-    view
+    let links = Links {
+        sockets,
+        arrived,
+        key: BeatKey::new(key, &config.cluster.name),
+        node: u8::try_from(index).expect("two nodes"),
+        peer_node: u8::try_from(peer_index).expect("two nodes"),
+        refused: std::collections::BTreeSet::new(),
+    };
+    (links, view)
 }
 
-fn log_event(names: &[String; 2], view: &SharedView, event: HeartbeatEvent) {
+impl Links {
+    /// The number of links.
+    pub fn count(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Sends `beat` with `advert` on every link.
+    pub async fn send(&self, beat: Beat, advert: &Advert) {
+        for (link, socket) in self.sockets.iter().enumerate() {
+            if let Some((socket, to)) = socket {
+                let sender = Sender {
+                    node: self.node,
+                    link: u8::try_from(link).unwrap_or(u8::MAX),
+                };
+                // A send error (no route while a link is down) is what the peer's silence
+                // will show; nothing to do here.
+                let _ = socket
+                    .send_to(&self.key.encode(sender, beat, advert), *to)
+                    .await;
+            }
+        }
+    }
+
+    /// The peer's beat and advert in a datagram from `link`, if it is one, sent on that
+    /// link; anything else is dropped, its reason logged once per kind.
+    pub fn decode(&mut self, link: usize, packet: &[u8]) -> Option<(Beat, Advert)> {
+        match self.key.decode(packet) {
+            Ok((
+                Sender {
+                    node,
+                    link: sent_on,
+                },
+                beat,
+                advert,
+            )) if node == self.peer_node && usize::from(sent_on) == link => Some((beat, advert)),
+            Ok(_) => None,
+            Err(error) => {
+                if self.refused.insert(error.to_string()) {
+                    tracing::warn!("heartbeat link {link}: dropped a datagram: {error}");
+                }
+                None
+            }
+        }
+    }
+}
+
+/// Logs a heartbeat event.
+pub fn log_event(names: &[String; 2], view: &SharedView, event: HeartbeatEvent) {
     let [this, peer] = names;
     match event {
         HeartbeatEvent::Link { link, from, to } => {
@@ -166,12 +176,13 @@ fn log_event(names: &[String; 2], view: &SharedView, event: HeartbeatEvent) {
 
 /// Forwards every datagram of one link's socket to the heartbeat task.
 async fn receive(link: usize, socket: Arc<UdpSocket>, arrivals: mpsc::Sender<(usize, Vec<u8>)>) {
-    let mut buffer = [0u8; 512];
+    let mut buffer = [0u8; PACKET_BYTES_MAX + 1];
     loop {
         match socket.recv_from(&mut buffer).await {
             Ok((bytes, _)) => {
-                // Only beat-sized datagrams can be beats; anything else is dropped here.
-                let packet = buffer[..bytes.min(PACKET_BYTES + 1)].to_vec();
+                // A longer datagram arrives cut to one byte over the largest beat, which
+                // decoding refuses.
+                let packet = buffer[..bytes].to_vec();
                 if arrivals.send((link, packet)).await.is_err() {
                     return;
                 }

@@ -5,11 +5,15 @@
 //! status with the reason; the others run on (S8).
 
 pub mod admin;
+pub mod agents;
+pub mod cluster;
 pub mod heartbeat;
 pub mod link;
+pub mod ping;
 pub mod split_brain;
 pub mod ublk;
 pub mod volume;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,11 +32,25 @@ pub struct Daemon {
     config: Config,
     volumes: RwLock<Vec<VolumeService>>,
     heartbeat: heartbeat::SharedView,
+    cluster: cluster::ClusterHandle,
+    key: [u8; 32],
 }
 
 impl Daemon {
     /// Carries out an admin request.
     pub async fn execute(&self, request: Request) -> Response {
+        if let Some(command) = admin::cluster_command(&request) {
+            if self.config.groups.is_empty() && !matches!(request, Request::Maintenance { .. }) {
+                return Response::refused("no [[group]] is configured");
+            }
+            return match self.cluster.command(command).await {
+                Ok(message) => Response {
+                    message: Some(message),
+                    ..Response::done()
+                },
+                Err(error) => Response::refused(error),
+            };
+        }
         if let Request::SplitBrainResolve {
             volume,
             keep,
@@ -155,7 +173,8 @@ impl Daemon {
             node: self.node.clone(),
             nodes,
             volumes: reports,
-            groups: Vec::new(),
+            groups: peer.groups,
+            arbitration: peer.arbitration,
         }
     }
 }
@@ -186,7 +205,7 @@ pub fn run(config: Config, node: &str) -> Result<(), String> {
             .iter()
             .position(|n| n.name == node)
             .expect("validated");
-        let heartbeat = heartbeat::start(&config, index, &key).await;
+        let (prepared, cluster, heartbeat) = cluster::prepare(&config, index, &key).await;
         let mut volumes = Vec::new();
         for section in &config.volumes {
             volumes.push(VolumeService::start(&config, node, section, key).await);
@@ -196,7 +215,10 @@ pub fn run(config: Config, node: &str) -> Result<(), String> {
             config: config.clone(),
             volumes: RwLock::new(volumes),
             heartbeat,
+            cluster,
+            key,
         });
+        prepared.spawn(Arc::clone(&daemon));
         let admin_task = tokio::spawn(admin::serve(listener, Arc::clone(&daemon)));
         let housekeeping = tokio::spawn(housekeeping(Arc::clone(&daemon)));
         tracing::info!(node, socket = %socket.display(), "tandem daemon running");

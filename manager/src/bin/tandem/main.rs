@@ -71,6 +71,59 @@ enum Command {
         #[command(subcommand)]
         command: SplitBrainCommand,
     },
+    /// Resource groups: start, stop, switch to another node.
+    Group {
+        #[command(subcommand)]
+        command: GroupCommand,
+    },
+    /// Maintenance mode, cluster-wide: monitors and failover suspended, resources untouched.
+    Maintenance {
+        /// `on` or `off`.
+        state: OnOff,
+    },
+    /// Run the witness (arbitration node) for two-node clusters: it grants a lease to at most
+    /// one node of a cluster at a time. Needs no configuration file.
+    Witness {
+        /// UDP address to listen on, `host:port`.
+        #[arg(long)]
+        listen: String,
+        /// The cluster key file (the same as the nodes').
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// Enable GROUP: it starts on the first node that can run it.
+    Start {
+        /// The group.
+        group: String,
+    },
+    /// Stop GROUP on whichever node runs it, and keep it stopped.
+    Stop {
+        /// The group.
+        group: String,
+    },
+    /// Move GROUP to NODE (switchover): stopped where it runs, then started there. Refused
+    /// when NODE's volumes are not up_to_date unless --force; a start that fails on NODE
+    /// goes back.
+    Switch {
+        /// The group.
+        group: String,
+        /// The node to run it on.
+        #[arg(long)]
+        to: String,
+        /// Start it there even if its volumes are not up_to_date.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,6 +234,15 @@ fn main() -> ExitCode {
         println!("{}", manager::key::generate());
         return ExitCode::SUCCESS;
     }
+    if let Command::Witness { listen, key } = &cli.command {
+        return match manager::runtime::witness::run(listen, key) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("tandem: {error}");
+                ExitCode::from(1)
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -211,7 +273,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }));
             manager::runtime::run(config, &node).map_err(anyhow::Error::msg)
         }
-        Command::Keygen => unreachable!("handled before the configuration is read"),
+        Command::Keygen | Command::Witness { .. } => {
+            unreachable!("handled before the configuration is read")
+        }
+        Command::Group { command } => {
+            use manager::admin::Request;
+            let node = this_node(&config, cli.node.as_deref())?;
+            let request = match command {
+                GroupCommand::Start { group } => Request::GroupStart { group },
+                GroupCommand::Stop { group } => Request::GroupStop { group },
+                GroupCommand::Switch { group, to, force } => {
+                    Request::GroupSwitch { group, to, force }
+                }
+            };
+            print_message(client::send(&config, &node, &request)?);
+            Ok(())
+        }
+        Command::Maintenance { state } => {
+            let node = this_node(&config, cli.node.as_deref())?;
+            let on = matches!(state, OnOff::On);
+            let request = manager::admin::Request::Maintenance { on };
+            print_message(client::send(&config, &node, &request)?);
+            Ok(())
+        }
         Command::Status { json, watch } => {
             let node = this_node(&config, cli.node.as_deref())?;
             client::print_status(&config, &node, json, watch)
@@ -238,10 +322,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         keep,
                         save_discarded,
                     };
-                    let response = client::send(&config, &node, &request)?;
-                    if let Some(message) = response.message {
-                        println!("{message}");
-                    }
+                    print_message(client::send(&config, &node, &request)?);
                     Ok(())
                 }
             }
@@ -250,11 +331,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConfigCommand::Check,
         } => {
             println!(
-                "{}: ok ({} nodes, {} volume{})",
+                "{}: ok ({} nodes, {} volume{}, {} group{})",
                 cli.config.display(),
                 config.nodes.len(),
                 config.volumes.len(),
-                if config.volumes.len() == 1 { "" } else { "s" }
+                if config.volumes.len() == 1 { "" } else { "s" },
+                config.groups.len(),
+                if config.groups.len() == 1 { "" } else { "s" }
             );
             Ok(())
         }
@@ -307,6 +390,12 @@ fn volume_command(config: &Config, node: &str, command: VolumeCommand) -> anyhow
     };
     client::send(config, node, &request)?;
     Ok(())
+}
+
+fn print_message(response: manager::admin::Response) {
+    if let Some(message) = response.message {
+        println!("{message}");
+    }
 }
 
 /// The node this command acts for: `--node`, else the host name.
