@@ -803,7 +803,7 @@ impl Cluster {
 
     /// Whether some group runs here or is on its way up or down (a forced stop, as at start
     /// or when fencing, is not: it needs no lease and fencing could do no more).
-    pub fn active(&self) -> bool {
+    fn active(&self) -> bool {
         self.groups.iter().any(|g| {
             matches!(
                 g.local,

@@ -119,8 +119,6 @@ pub struct Sim {
     witness: LeaseTable,
     loss_percent: u64,
     queue: Vec<(u64, Pending)>,
-    /// Starts issued with force, per node (S7 allows them).
-    forced: [bool; 2],
     s7_violation: bool,
     /// What happened, for a failing seed's report.
     pub log: VecDeque<String>,
@@ -201,7 +199,6 @@ impl Sim {
             ),
             loss_percent: 0,
             queue: Vec::new(),
-            forced: [false; 2],
             s7_violation: false,
             log: VecDeque::new(),
         };
@@ -480,7 +477,6 @@ impl Sim {
                 } => {
                     // Conservatively up from the moment the start is issued.
                     self.up[node][resource] = true;
-                    self.forced[node] = force;
                     if resource == 0 && !self.ready[node] && !force {
                         self.note(format!("S7: volume started on {node} while not up_to_date"));
                         self.s7_violation = true;

@@ -214,14 +214,8 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
     let witness = match config.witness() {
         Some(address) => {
             let bind = Some(config.nodes[index].listen_ip());
-            match WitnessClient::new(
-                address,
-                bind,
-                &daemon_key(&daemon),
-                &config.cluster.name,
-                &names[0],
-            )
-            .await
+            match WitnessClient::new(address, bind, &daemon.key, &config.cluster.name, &names[0])
+                .await
             {
                 Ok(client) => Some(tokio::sync::Mutex::new(client)),
                 Err(error) => {
@@ -329,10 +323,6 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
     }
 }
 
-fn daemon_key(daemon: &Daemon) -> [u8; 32] {
-    daemon.key
-}
-
 fn carry_out(
     context: &Arc<Context>,
     events: &mpsc::Sender<Event>,
@@ -348,25 +338,19 @@ fn carry_out(
             group,
             resource,
             force,
-        } => {
-            tokio::spawn(async move {
-                let result = context.start(group, resource, force).await;
-                let _ = events
-                    .send(Event::Done {
-                        group,
-                        resource,
-                        result,
-                    })
-                    .await;
-            });
         }
-        Action::Stop {
+        | Action::Stop {
             group,
             resource,
             force,
         } => {
+            let start = matches!(action, Action::Start { .. });
             tokio::spawn(async move {
-                let result = context.stop(group, resource, force).await;
+                let result = if start {
+                    context.start(group, resource, force).await
+                } else {
+                    context.stop(group, resource, force).await
+                };
                 let _ = events
                     .send(Event::Done {
                         group,

@@ -244,7 +244,8 @@ async fn housekeeping(daemon: Arc<Daemon>) {
     }
 }
 
-async fn wait_for_signal() {
+/// Returns at SIGTERM or SIGINT (never, if the handlers cannot be installed).
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),

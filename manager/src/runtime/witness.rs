@@ -168,26 +168,12 @@ pub fn run(listen: &str, key_file: &Path) -> Result<(), String> {
         tracing::info!("tandem witness listening on {address}");
         tokio::select! {
             served = serve(socket, key) => served,
-            () = wait_for_signal() => {
+            () = super::wait_for_signal() => {
                 tracing::info!("witness: stopping");
                 Ok(())
             }
         }
     })
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut terminate), Ok(mut interrupt)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
-    }
 }
 
 /// A boot id for a new client: microseconds since the epoch, larger than any handed out
