@@ -43,6 +43,8 @@ use crate::replica::{
 use crate::state::{ConnState, DiskState, ReplState, Role};
 use crate::types::{Instant, NodeId, Now, RequestTag, SECTOR_BYTES};
 
+pub mod driven;
+
 /// What a cluster run did.
 #[derive(Clone, Debug, Default)]
 pub struct ClusterReport {
@@ -75,7 +77,7 @@ pub struct ClusterReport {
 /// Runs the two-node scenario of one seed.
 pub fn run_cluster_seed(options: &SimOptions) -> Result<ClusterReport, String> {
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mut cluster = Cluster::new(options.seed);
+        let mut cluster = Cluster::new(options.seed, false);
         #[cfg(feature = "sim")]
         for config in &mut cluster.configs {
             config.planted_bug = options.planted_bug;
@@ -161,6 +163,8 @@ struct Cluster {
     steps: u64,
     /// A state changed: check S2 after this event.
     check_prefix_now: bool,
+    /// Events between two S2 checks of the secondaries, besides those after state changes.
+    prefix_check_steps: u64,
     /// The node clients talk to.
     primary: Option<usize>,
     pending: HashMap<u64, Pending>,
@@ -179,7 +183,8 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn new(seed: u64) -> Self {
+    /// `in_sync`: both nodes start `up_to_date` in one generation, whatever the seed says.
+    fn new(seed: u64, in_sync: bool) -> Self {
         let mut prng = Prng::from_seed(seed ^ 0xC1_05_7E_12);
         let granule_bytes = 4096u32 << prng.below(3);
         let al_extent_bytes = (granule_bytes << prng.below(3)).max(64 << 10);
@@ -203,7 +208,7 @@ impl Cluster {
             latency_max_nanos: latency_max,
             error_ppm: 0,
         };
-        let fresh = prng.chance(1, 3);
+        let fresh = prng.chance(1, 3) && !in_sync;
         let initial = if fresh {
             InitialData::Fresh
         } else {
@@ -270,6 +275,7 @@ impl Cluster {
             protocol,
             steps: 0,
             check_prefix_now: false,
+            prefix_check_steps: PREFIX_CHECK_STEPS,
             layout,
             nodes,
             network,
@@ -822,9 +828,9 @@ impl Cluster {
                 continue;
             }
             self.report.prefix_checks += 1;
-            let image = self.nodes[node].disk.visible()[..self.layout.data_bytes as usize].to_vec();
+            let image = &self.nodes[node].disk.visible()[..self.layout.data_bytes as usize];
             let who = format!("node {node} ({} {})", status.disk, status.replication);
-            self.history.check_prefix(&image, &who)?;
+            self.history.check_prefix(image, &who)?;
         }
         Ok(())
     }
@@ -919,6 +925,7 @@ impl Cluster {
                         self.model.check_after_crash(sector, found)?;
                         self.model.settle(sector, found);
                     }
+                    Check::Adopt => self.model.settle(sector, found),
                 }
             }
             offset += length;
@@ -1262,31 +1269,12 @@ impl Cluster {
     /// Delivers the earliest event. Returns false if nothing is scheduled.
     fn step(&mut self) -> Result<bool, String> {
         self.steps += 1;
-        if self.steps.is_multiple_of(PREFIX_CHECK_STEPS) || self.check_prefix_now {
+        if self.steps.is_multiple_of(self.prefix_check_steps) || self.check_prefix_now {
             self.check_prefix_now = false;
             self.check_secondaries()?;
         }
         self.maybe_connect();
-        let mut due: Option<(u64, Source)> = None;
-        let mut consider = |at: Option<u64>, source: Source| {
-            if let Some(at) = at
-                && due.is_none_or(|(best, _)| at < best)
-            {
-                due = Some((at, source));
-            }
-        };
-        consider(self.network.next_due(), Source::Network);
-        for node in 0..2 {
-            if self.nodes[node].replica.is_some() {
-                consider(self.nodes[node].disk.next_due(), Source::Disk(node));
-                let timer = self.nodes[node]
-                    .replica
-                    .as_ref()
-                    .and_then(Replica::next_deadline);
-                consider(timer.map(Instant::as_nanos), Source::Timer(node));
-            }
-        }
-        let Some((at, source)) = due else {
+        let Some((at, source)) = self.next_due() else {
             return Ok(false);
         };
         self.now = self.now.max(at);
@@ -1311,6 +1299,30 @@ impl Cluster {
             }
         }
         Ok(true)
+    }
+
+    /// The earliest scheduled event.
+    fn next_due(&self) -> Option<(u64, Source)> {
+        let mut due: Option<(u64, Source)> = None;
+        let mut consider = |at: Option<u64>, source: Source| {
+            if let Some(at) = at
+                && due.is_none_or(|(best, _)| at < best)
+            {
+                due = Some((at, source));
+            }
+        };
+        consider(self.network.next_due(), Source::Network);
+        for node in 0..2 {
+            if self.nodes[node].replica.is_some() {
+                consider(self.nodes[node].disk.next_due(), Source::Disk(node));
+                let timer = self.nodes[node]
+                    .replica
+                    .as_ref()
+                    .and_then(Replica::next_deadline);
+                consider(timer.map(Instant::as_nanos), Source::Timer(node));
+            }
+        }
+        due
     }
 
     /// Starts a connection when both nodes are up and want one.
@@ -1418,4 +1430,7 @@ enum Check {
     Failover,
     /// This node crashed: its durable content or later.
     AfterCrash,
+    /// Nothing to check (a promotion the model cannot vouch for, such as a forced one): what
+    /// the node holds is the history from here on.
+    Adopt,
 }

@@ -26,5 +26,6 @@ pub mod model;
 pub mod network;
 pub mod prefix;
 
+pub use cluster::driven::{PairReport, VolumePair};
 pub use cluster::{ClusterReport, run_cluster_seed};
 pub use harness::{SeedReport, SimOptions, run_seed};

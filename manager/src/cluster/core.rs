@@ -673,7 +673,9 @@ impl Cluster {
     pub fn command(&mut self, now_ms: u64, command: Command) -> Result<String, String> {
         let answer = match command {
             Command::Maintenance(on) => {
-                self.maintenance = (self.maintenance.0 + 1, on);
+                // Like the intents: newer than anything this node has seen from either side.
+                let peer_seq = self.peer.advert.as_ref().map_or(0, |a| a.maintenance.0);
+                self.maintenance = (self.maintenance.0.max(peer_seq) + 1, on);
                 self.advert_changed = true;
                 if on {
                     "maintenance on: monitors and failover suspended, resources left as they are"
@@ -1090,9 +1092,10 @@ impl Cluster {
             self.fenced = false;
             self.advert_changed = true;
         }
+        // Maintenance does not suspend this: the peer cannot know that this node entered
+        // maintenance while they were apart, and it takes over once the lease runs out.
         if self.spec.arbiter
             && !self.fenced
-            && !self.maintenance.1
             && self.active()
             && !self.lease_fresh(now_ms)
             && !self.vote_holds(now_ms)
@@ -1135,7 +1138,8 @@ impl Cluster {
     }
 
     fn step_group(&mut self, group: usize, now_ms: u64) {
-        let maintenance = self.maintenance.1;
+        // A fenced node stops its groups even in maintenance.
+        let maintenance = self.maintenance.1 && !self.fenced;
         if self.groups[group].pending.is_some() {
             return;
         }

@@ -1,17 +1,26 @@
 //! A seeded simulator of two nodes' cluster managers: the real heartbeat and cluster cores, the
-//! real witness lease table, and modelled links, resources and volumes. Faults: links cut in
-//! one or both directions, lost beats, the witness unreachable from a node, node crashes and
-//! restarts, a resource that dies, operator commands. Checkers, at every step:
+//! real witness lease table, and modelled links and resources. The volume is either modelled
+//! (`up_to_date` again one second after a crashed node reconnects) or, with
+//! [`Options::engine`], the engine's two replicas with their disks, replication link (heartbeat
+//! link 0) and client I/O on the primary ([`engine::sim::VolumePair`]): the volume resource
+//! promotes and demotes them, and their `up_to_date` is the readiness the manager sees.
+//! Faults: links cut in one or both directions, lost beats, the witness unreachable from a
+//! node, node crashes and restarts, a resource that dies, operator commands. Checkers, at every
+//! step:
 //! - S6: with an arbiter, the group's volume and address are never up on both nodes at once
 //!   (up from the moment a start is issued until its stop completes; a crashed node holds
-//!   nothing);
-//! - S7: a volume starts only where it is `up_to_date`, or where the operator forced it.
+//!   nothing); with the engine, never two primaries;
+//! - S7: a volume starts only where it is `up_to_date`, or where the operator forced it;
+//! - with the engine, its own: S1 on a failover from a primary that died in sync, reads, S2,
+//!   S4, S5.
 //!
-//! After the fault phase everything heals and the group must run on exactly one node.
+//! After the fault phase everything heals and the group must run on exactly one node (with the
+//! engine: and the replicas converge).
 
 use std::collections::VecDeque;
 
 use engine::prng::Prng;
+use engine::sim::{PairReport, VolumePair};
 
 use super::Cluster;
 use super::advert::Advert;
@@ -48,8 +57,10 @@ pub struct Options {
     pub heal_ms: u64,
     /// A bug to plant.
     pub plant: Option<Plant>,
-    /// Percent of resource starts that fail during the fault phase.
+    /// Percent of resource starts that fail during the fault phase (not the engine's).
     pub start_failures: u64,
+    /// The volume is the engine's pair of replicas, not a model.
+    pub engine: bool,
 }
 
 impl Default for Options {
@@ -60,6 +71,7 @@ impl Default for Options {
             heal_ms: 30_000,
             plant: None,
             start_failures: 0,
+            engine: false,
         }
     }
 }
@@ -94,6 +106,8 @@ enum Pending {
 struct Node {
     heartbeats: Heartbeats,
     cluster: Cluster,
+    /// What the log last said about this node's view (logged again when it changes).
+    view: String,
 }
 
 /// The simulated cluster.
@@ -120,6 +134,10 @@ pub struct Sim {
     loss_percent: u64,
     queue: Vec<(u64, Pending)>,
     s7_violation: bool,
+    /// With [`Options::engine`]: the replicas, and their promotions and demotions in flight
+    /// (node, boot, admin id, whether a stop).
+    volumes: Option<VolumePair>,
+    volume_ops: Vec<(usize, u32, u64, bool)>,
     /// What happened, for a failing seed's report.
     pub log: VecDeque<String>,
 }
@@ -177,6 +195,9 @@ fn spec(me: usize, arbiter: bool) -> ClusterSpec {
 impl Sim {
     /// Both nodes started at time 0, connected, volumes `up_to_date`.
     pub fn new(seed: u64, options: Options) -> Self {
+        let volumes = options
+            .engine
+            .then(|| VolumePair::new(seed).expect("two fresh replicas attach and connect"));
         let mut sim = Self {
             now: 0,
             prng: Prng::from_seed(seed),
@@ -200,6 +221,8 @@ impl Sim {
             loss_percent: 0,
             queue: Vec::new(),
             s7_violation: false,
+            volumes,
+            volume_ops: Vec::new(),
             log: VecDeque::new(),
         };
         sim.boot(0);
@@ -208,7 +231,7 @@ impl Sim {
     }
 
     fn note(&mut self, text: String) {
-        if self.log.len() == 400 {
+        if self.log.len() == 1000 {
             self.log.pop_front();
         }
         self.log.push_back(format!("{:>7} {text}", self.now));
@@ -220,6 +243,7 @@ impl Sim {
         self.nodes[node] = Some(Node {
             heartbeats: Heartbeats::new(HeartbeatTiming::default(), LINKS, seed, self.now),
             cluster: Cluster::new(spec(node, self.options.arbiter), self.now),
+            view: String::new(),
         });
         self.note(format!("node {node} boots"));
     }
@@ -232,6 +256,10 @@ impl Sim {
         // Its engine comes back knowing only that it was up to date once: it must resync
         // before it is again.
         self.ready[node] = false;
+        if let Some(volumes) = &mut self.volumes {
+            volumes.crash(node);
+        }
+        self.volume_ops.retain(|op| op.0 != node);
         self.note(format!("node {node} crashes"));
     }
 
@@ -239,12 +267,21 @@ impl Sim {
     pub fn restart(&mut self, node: usize) {
         if self.nodes[node].is_none() {
             self.boot(node);
+            if let Some(volumes) = &mut self.volumes {
+                volumes.restart(node);
+            }
         }
     }
 
     /// Sets link `link` in direction `from` → other.
     pub fn set_link(&mut self, link: usize, from: usize, up: bool) {
         self.links[link][from] = up;
+        // Replication runs over link 0.
+        if let Some(volumes) = &mut self.volumes
+            && link == 0
+        {
+            volumes.set_link(self.links[0][0] && self.links[0][1]);
+        }
         self.note(format!(
             "link {link} from {from} {}",
             if up { "up" } else { "down" }
@@ -340,9 +377,10 @@ impl Sim {
         for pending in due {
             self.deliver(pending)?;
         }
-        self.model_volumes();
+        self.step_volumes()?;
         for node in 0..2 {
             let ready = self.ready[node] || self.options.plant == Some(Plant::IgnoreReady);
+            let mut changed = None;
             if let Some(n) = &mut self.nodes[node] {
                 for event in n.heartbeats.tick(now) {
                     let _ = event;
@@ -354,12 +392,33 @@ impl Sim {
                 if n.cluster.take_advert_changed() {
                     n.heartbeats.send_soon(now);
                 }
+                let group = n.cluster.groups().remove(0);
+                let arbitration = n.cluster.arbitration(now);
+                let view = format!(
+                    "sees peer {alive}, {} on {:?}: {}{}{}",
+                    group.state,
+                    group.active_node,
+                    group.reason,
+                    if arbitration.fenced { ", fenced" } else { "" },
+                    if arbitration.maintenance {
+                        ", maintenance"
+                    } else {
+                        ""
+                    },
+                );
+                if view != n.view {
+                    n.view = view.clone();
+                    changed = Some(format!("{node} view: {view}"));
+                }
                 if let Some(beat) = n.heartbeats.poll_send(now) {
                     let advert = n.cluster.advert();
                     for link in 0..LINKS {
                         self.send_beat(node, link, beat, advert.clone());
                     }
                 }
+            }
+            if let Some(text) = changed {
+                self.note(text);
             }
             self.drain(node);
         }
@@ -481,6 +540,14 @@ impl Sim {
                         self.note(format!("S7: volume started on {node} while not up_to_date"));
                         self.s7_violation = true;
                     }
+                    if resource == 0
+                        && let Some(volumes) = &mut self.volumes
+                    {
+                        let id = volumes.promote(node, force);
+                        self.volume_ops.push((node, boot, id, false));
+                        self.note(format!("{node} promote (force {force})"));
+                        continue;
+                    }
                     let result = if self.prng.next_u64() % 100 < self.options.start_failures {
                         Err("simulated start failure".to_string())
                     } else {
@@ -499,6 +566,14 @@ impl Sim {
                     ));
                 }
                 Action::Stop { resource, .. } => {
+                    if resource == 0
+                        && let Some(volumes) = &mut self.volumes
+                    {
+                        let id = volumes.demote(node);
+                        self.volume_ops.push((node, boot, id, true));
+                        self.note(format!("{node} demote"));
+                        continue;
+                    }
                     let fenced = self.fenced(node);
                     let result = if fenced && self.options.plant == Some(Plant::NoFencing) {
                         Err("planted: a fenced node does not stop".to_string())
@@ -571,6 +646,45 @@ impl Sim {
         }
     }
 
+    /// The engine's replicas run up to now (clients write where the process runs); finished
+    /// promotions and demotions are reported to the nodes. Without the engine, the model.
+    fn step_volumes(&mut self) -> Result<(), String> {
+        let Some(volumes) = &mut self.volumes else {
+            self.model_volumes();
+            return Ok(());
+        };
+        let clients = [self.up[0][PROCESS], self.up[1][PROCESS]];
+        let finished = volumes.advance_to(self.now, clients)?;
+        for node in 0..2 {
+            self.ready[node] = volumes.up_to_date(node);
+        }
+        for (node, id, result) in finished {
+            let Some(index) = self
+                .volume_ops
+                .iter()
+                .position(|op| op.0 == node && op.2 == id)
+            else {
+                continue;
+            };
+            let (_, boot, _, stop) = self.volume_ops.swap_remove(index);
+            self.note(format!(
+                "{node} {} -> {result:?}",
+                if stop { "demoted" } else { "promoted" }
+            ));
+            self.queue.push((
+                self.now,
+                Pending::Done {
+                    node,
+                    boot,
+                    resource: 0,
+                    stop,
+                    result,
+                },
+            ));
+        }
+        Ok(())
+    }
+
     /// The volume model: a node that is not `up_to_date` becomes so after one second
     /// connected (link 0 both ways) to a peer that is.
     fn model_volumes(&mut self) {
@@ -607,13 +721,22 @@ impl Sim {
         Ok(())
     }
 
-    /// One seeded run: faults, then healing; the group must end up on exactly one node.
-    pub fn run_seed(seed: u64, options: Options) -> Result<(), String> {
+    /// One seeded run: faults, then healing; the group must end up on exactly one node. With
+    /// the engine, what its replicas did.
+    pub fn run_seed(seed: u64, options: Options) -> Result<Option<PairReport>, String> {
         let mut sim = Self::new(seed, options);
-        sim.run_faults().and_then(|()| sim.heal()).map_err(|error| {
-            let log: Vec<String> = sim.log.iter().rev().take(60).rev().cloned().collect();
-            format!("seed {seed}: {error}\n{}", log.join("\n"))
-        })
+        let result = sim.run_faults().and_then(|()| sim.heal());
+        result
+            .map(|()| sim.volumes.as_ref().map(VolumePair::report))
+            .map_err(|error| {
+                let log: Vec<String> = sim.log.iter().rev().take(60).rev().cloned().collect();
+                let engine = sim
+                    .volumes
+                    .as_ref()
+                    .map(VolumePair::trace)
+                    .unwrap_or_default();
+                format!("seed {seed}: {error}\n{}\n{engine}", log.join("\n"))
+            })
     }
 
     fn run_faults(&mut self) -> Result<(), String> {
@@ -717,13 +840,17 @@ impl Sim {
                 },
             );
         }
-        let converged = self.run_until(self.options.heal_ms, |sim| sim.running_on().len() == 1)?;
+        let converged = self.run_until(self.options.heal_ms, |sim| {
+            sim.running_on().len() == 1 && sim.volumes.as_ref().is_none_or(VolumePair::in_sync)
+        })?;
         if !converged {
             return Err(format!(
-                "not converged after healing: running on {:?}; alpha says {:?}; beta says {:?}",
+                "not converged after healing: running on {:?}; alpha says {:?}; beta says {:?}; \
+                 volumes {:?}",
                 self.running_on(),
                 self.group_state(0),
-                self.group_state(1)
+                self.group_state(1),
+                self.volumes
             ));
         }
         // And it stays.
