@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use manager::cluster::witness::{Kind, Limits, Request, Verdict, WitnessKey};
+use manager::cluster::witness::{Claims, Kind, Limits, Request, Verdict, WitnessKey};
 use manager::runtime::ping::reachable;
 use manager::runtime::witness::{WitnessClient, serve, serve_with};
 use tokio::net::UdpSocket;
@@ -73,17 +73,30 @@ async fn the_lease_changes_hands_only_after_it_ran_out() {
         lease_ms: LEASE_MS,
     };
 
-    assert_eq!(alpha.acquire(LEASE_MS, CALL).await, Ok(granted(1)));
-    let refusal = beta.acquire(LEASE_MS, CALL).await.expect("answer");
+    assert_eq!(
+        alpha.acquire(LEASE_MS, Claims::default(), CALL).await,
+        Ok(granted(1))
+    );
+    let refusal = beta
+        .acquire(LEASE_MS, Claims::default(), CALL)
+        .await
+        .expect("answer");
     assert_refused_by(&refusal, "alpha", 1);
     let renewed_at = Instant::now();
-    assert_eq!(alpha.acquire(LEASE_MS, CALL).await, Ok(granted(1)));
+    assert_eq!(
+        alpha.acquire(LEASE_MS, Claims::default(), CALL).await,
+        Ok(granted(1))
+    );
 
     // Alpha stops renewing: beta polls until it is granted, within a bounded time.
     let deadline = renewed_at + Duration::from_millis(LEASE_MS) + Duration::from_secs(5);
     loop {
         assert!(Instant::now() < deadline, "beta never got the lease");
-        match beta.acquire(LEASE_MS, CALL).await.expect("answer") {
+        match beta
+            .acquire(LEASE_MS, Claims::default(), CALL)
+            .await
+            .expect("answer")
+        {
             Verdict::Granted { epoch: 2, lease_ms } if lease_ms == LEASE_MS => break,
             refused => {
                 let remaining = assert_refused_by(&refused, "alpha", 1);
@@ -95,14 +108,17 @@ async fn the_lease_changes_hands_only_after_it_ran_out() {
         renewed_at.elapsed() >= Duration::from_millis(LEASE_MS),
         "beta was granted before alpha's renewed lease ran out"
     );
-    let refusal = alpha.acquire(LEASE_MS, CALL).await.expect("answer");
+    let refusal = alpha
+        .acquire(LEASE_MS, Claims::default(), CALL)
+        .await
+        .expect("answer");
     assert_refused_by(&refusal, "beta", 2);
 
     // A client with another key gets no valid answer; the witness serves on.
     let stranger = client(witness, &[9; 32], "alpha").await;
     let started = Instant::now();
     let error = stranger
-        .acquire(LEASE_MS, Duration::from_millis(400))
+        .acquire(LEASE_MS, Claims::default(), Duration::from_millis(400))
         .await
         .expect_err("no answer under another key");
     assert!(error.contains("no valid answer"), "{error}");
@@ -125,6 +141,7 @@ async fn the_lease_changes_hands_only_after_it_ran_out() {
         seq: 1,
         nonce: 77,
         lease_ms: 0,
+        claims: Claims::default(),
     };
     let gamma = key.encode_request(&release("gamma")).expect("valid");
     let answer = exchange(&raw, witness, &gamma, Duration::from_secs(2)).await;
@@ -138,17 +155,23 @@ async fn the_lease_changes_hands_only_after_it_ran_out() {
     // A release from an older boot of beta than its client's (boot ids come from the clock)
     // is dropped: beta keeps the lease, without a gap (the same epoch). Beta's lease may have
     // lapsed during the waits above: then it gets a new epoch now.
-    let epoch = match beta.acquire(LEASE_MS, CALL).await {
+    let epoch = match beta.acquire(LEASE_MS, Claims::default(), CALL).await {
         Ok(Verdict::Granted { epoch, .. }) if epoch == 2 || epoch == 3 => epoch,
         other => panic!("beta should get the lease again: {other:?}"),
     };
     let old_beta = key.encode_request(&release("beta")).expect("valid");
     let old = exchange(&raw, witness, &old_beta, Duration::from_millis(300)).await;
     assert_eq!(old, None, "a request of an old boot was answered");
-    assert_eq!(beta.acquire(LEASE_MS, CALL).await, Ok(granted(epoch)));
+    assert_eq!(
+        beta.acquire(LEASE_MS, Claims::default(), CALL).await,
+        Ok(granted(epoch))
+    );
 
     assert_eq!(beta.release(CALL).await, Ok(Verdict::Released { epoch }));
-    assert_eq!(alpha.acquire(LEASE_MS, CALL).await, Ok(granted(epoch + 1)));
+    assert_eq!(
+        alpha.acquire(LEASE_MS, Claims::default(), CALL).await,
+        Ok(granted(epoch + 1))
+    );
     assert!(!server.is_finished());
     server.abort();
 }
@@ -172,7 +195,7 @@ async fn exchange(
 async fn a_witness_that_just_started_grants_nothing() {
     let (witness, server) = start_witness(None).await;
     let alpha = client(witness, &KEY, "alpha").await;
-    match alpha.acquire(LEASE_MS, CALL).await {
+    match alpha.acquire(LEASE_MS, Claims::default(), CALL).await {
         Ok(Verdict::Restarting { remaining_ms }) => {
             assert!((50_000..=60_000).contains(&remaining_ms), "{remaining_ms}");
         }

@@ -146,11 +146,27 @@ pub enum Action {
         resource: usize,
     },
     /// Ask the arbiters for the lease; report with [`Cluster::lease_result`].
-    Acquire,
+    Acquire {
+        /// This node's replication (see [`Cluster::set_replication`]): with the peer behind,
+        /// the witness refuses the peer until this node says otherwise.
+        replication: Replication,
+        /// The operator forced this node's data (a forced switch to it).
+        force: bool,
+    },
     /// Give the lease back.
     Release,
     /// Run the alert command.
     Alert(Alert),
+}
+
+/// This node's volumes against the peer's, as the witness is told.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replication {
+    /// A volume is primary here and the peer's misses writes (not connected, established and
+    /// `up_to_date`).
+    pub peer_behind: bool,
+    /// Every volume is connected to the peer's, both `up_to_date`.
+    pub in_sync: bool,
 }
 
 /// An event for the alert command.
@@ -175,6 +191,11 @@ pub enum Verdict {
     Refused {
         /// That node's name.
         holder: String,
+    },
+    /// This node's data is outdated: `current` ran without it.
+    Outdated {
+        /// The node with the current data.
+        current: String,
     },
     /// No arbiter answered.
     Unreachable(String),
@@ -279,6 +300,8 @@ struct Peer {
 struct Lease {
     /// Fresh until (already less `fence_ms`).
     fresh_until: Option<u64>,
+    /// The arbiter said this node's data is outdated: that node ran without it.
+    outdated_by: Option<String>,
     in_flight: Option<u64>,
     next_ms: u64,
     holder: Option<String>,
@@ -296,6 +319,8 @@ pub struct Cluster {
     lease: Lease,
     maintenance: (u32, bool),
     fenced: bool,
+    /// This node's volumes against the peer's.
+    replication: Replication,
     actions: Vec<Action>,
     advert_changed: bool,
 }
@@ -366,6 +391,7 @@ impl Cluster {
             lease: Lease::default(),
             maintenance: (0, false),
             fenced: false,
+            replication: Replication::default(),
             actions: Vec::new(),
             advert_changed: true,
         };
@@ -420,9 +446,13 @@ impl Cluster {
     pub fn peer(&mut self, now_ms: u64, alive: bool, fresh: Option<(Advert, Option<u64>)>) {
         if alive != self.peer.alive {
             self.advert_changed = true;
-            // A fenced node rejoins when the peer is back: from then on they coordinate.
+            // A fenced node rejoins when the peer is back: from then on they coordinate, and
+            // what the arbiter said while they were apart is history.
             if alive {
                 self.fenced = false;
+                self.lease.holder = None;
+                self.lease.outdated_by = None;
+                self.lease.error = None;
             }
             let event = if alive { "peer_found" } else { "peer_lost" };
             self.alert(event, None, None, self.spec.names[1 - self.spec.me].clone());
@@ -459,6 +489,16 @@ impl Cluster {
         if self.groups[group].ready != ready {
             self.groups[group].ready = ready;
             self.advert_changed = true;
+            self.step(now_ms);
+        }
+    }
+
+    /// This node's volumes against the peer's. When the peer falls behind, the active node
+    /// tells the arbiter at once, so that the peer cannot take over with outdated data.
+    pub fn set_replication(&mut self, now_ms: u64, replication: Replication) {
+        if self.replication != replication {
+            self.replication = replication;
+            self.lease.next_ms = now_ms;
             self.step(now_ms);
         }
     }
@@ -643,6 +683,7 @@ impl Cluster {
                 let until = sent_ms + timing.lease_ms.saturating_sub(timing.fence_ms);
                 self.lease.fresh_until = self.lease.fresh_until.max(Some(until));
                 self.lease.holder = None;
+                self.lease.outdated_by = None;
                 self.lease.error = None;
                 self.lease.held = true;
                 if self.fenced && !self.peer.alive {
@@ -654,11 +695,27 @@ impl Cluster {
                 self.lease.fresh_until = None;
                 self.lease.held = false;
                 self.lease.error = None;
+                self.lease.outdated_by = None;
                 let peer = &self.spec.names[1 - self.spec.me];
                 if holder == *peer && !self.peer.alive && self.active() {
                     self.fence(format!("the arbiter gave the lease to {holder}"));
                 }
                 self.lease.holder = Some(holder);
+                self.lease.next_ms = now_ms + timing.interval_ms / 2;
+            }
+            Verdict::Outdated { current } => {
+                self.lease.fresh_until = None;
+                self.lease.held = false;
+                self.lease.error = None;
+                // Running alone here while another node wrote without this one: stop. (With
+                // the peer alive they coordinate, and the peer's next renewal clears this.)
+                if self.active() && !self.peer.alive {
+                    self.fence(format!(
+                        "the arbiter says {current} ran without this node: its data is outdated"
+                    ));
+                }
+                self.lease.holder = None;
+                self.lease.outdated_by = Some(current);
                 self.lease.next_ms = now_ms + timing.interval_ms / 2;
             }
             Verdict::Unreachable(error) => {
@@ -900,6 +957,7 @@ impl Cluster {
         let name = self.spec.groups[group].name.clone();
         self.alert("failover", Some(&name), None, reason.clone());
         let state = &mut self.groups[group];
+        state.why = format!("failing over: {reason}");
         state.blocked = Some(reason);
         if matches!(state.local, Local::Running | Local::Restarting { .. }) {
             state.local = Local::Stopping {
@@ -1076,9 +1134,15 @@ impl Cluster {
             return None;
         }
         if !self.lease_fresh(now_ms) {
-            return Some(match &self.lease.holder {
-                Some(holder) => format!("peer lost; the arbiter's lease is held by {holder}"),
-                None => "peer lost; waiting for the arbiter's lease".into(),
+            return Some(match (&self.lease.outdated_by, &self.lease.holder) {
+                (Some(current), _) => format!(
+                    "peer lost; the arbiter says {current} ran without this node, whose data is \
+                     outdated (`group switch --force` starts it here anyway)"
+                ),
+                (None, Some(holder)) => {
+                    format!("peer lost; the arbiter's lease is held by {holder}")
+                }
+                (None, None) => "peer lost; waiting for the arbiter's lease".into(),
             });
         }
         None
@@ -1128,7 +1192,15 @@ impl Cluster {
         if need && now_ms >= self.lease.next_ms {
             self.lease.in_flight = Some(now_ms);
             self.lease.next_ms = now_ms + self.spec.timing.interval_ms;
-            self.actions.push(Action::Acquire);
+            let force = self.groups.iter().any(|state| {
+                state.intent.enabled
+                    && state.intent.force
+                    && state.intent.target == u8::try_from(me).ok()
+            });
+            self.actions.push(Action::Acquire {
+                replication: self.replication,
+                force,
+            });
         } else if !need && self.lease.held && !self.holding() {
             // Given back only once nothing is up here any more: the peer may start at once.
             self.lease.held = false;

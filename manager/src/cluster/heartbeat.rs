@@ -17,7 +17,8 @@ use engine::prng::Prng;
 /// Heartbeat timing (DESIGN §5 defaults: 1000 ms, suspect after 2 missed, dead after 3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeartbeatTiming {
-    /// Milliseconds between beats.
+    /// The heartbeat interval: link health and the dead time count in it. Beats go out twice
+    /// per interval.
     pub interval_ms: u64,
     /// Intervals without a beat before a link is `suspect`.
     pub warn_after: u32,
@@ -164,7 +165,11 @@ impl Heartbeats {
         if now_ms < self.next_send_ms {
             return None;
         }
-        self.next_send_ms = now_ms + self.timing.interval_ms;
+        // Twice per interval: the peer's echo of a beat then arrives within about half an
+        // interval, which keeps the cluster core's peer vote (this node's send time of the
+        // newest echoed beat plus the dead time, less the fence time) from lapsing between
+        // beats while the peer is fine. Link health still counts whole intervals.
+        self.next_send_ms = now_ms + (self.timing.interval_ms / 2).max(1);
         self.seq += 1;
         let nonce = self.prng.next_u64() | 1;
         self.sent.push_back((nonce, now_ms));

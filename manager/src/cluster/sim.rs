@@ -25,11 +25,11 @@ use engine::sim::{PairReport, VolumePair};
 use super::Cluster;
 use super::advert::Advert;
 use super::core::{
-    Action, ClusterSpec, Command, GroupSpec, Health, MonitorAction, MonitorSpec, ResourceSpec,
-    Timing, Verdict,
+    Action, ClusterSpec, Command, GroupSpec, Health, MonitorAction, MonitorSpec, Replication,
+    ResourceSpec, Timing, Verdict,
 };
 use super::heartbeat::{Beat, HeartbeatTiming, Heartbeats};
-use super::witness::{LeaseTable, Limits, Verdict as WitnessVerdict};
+use super::witness::{Claims, LeaseTable, Limits, Verdict as WitnessVerdict};
 
 const STEP_MS: u64 = 5;
 const LINKS: usize = 2;
@@ -378,7 +378,8 @@ impl Sim {
             self.deliver(pending)?;
         }
         self.step_volumes()?;
-        for node in 0..2 {
+        let replication = self.replication();
+        for (node, replication) in replication.into_iter().enumerate() {
             let ready = self.ready[node] || self.options.plant == Some(Plant::IgnoreReady);
             let mut changed = None;
             if let Some(n) = &mut self.nodes[node] {
@@ -388,6 +389,7 @@ impl Sim {
                 let alive = n.heartbeats.peer_alive();
                 n.cluster.peer(now, alive, None);
                 n.cluster.set_ready(now, 0, ready);
+                n.cluster.set_replication(now, replication);
                 n.cluster.tick(now);
                 if n.cluster.take_advert_changed() {
                     n.heartbeats.send_soon(now);
@@ -602,16 +604,24 @@ impl Sim {
                         },
                     ));
                 }
-                Action::Acquire => {
+                Action::Acquire { replication, force } => {
                     let sent = self.now;
                     let verdict = if self.witness_reach[node] {
                         let name = ["alpha", "beta"][node];
+                        let claims = Claims {
+                            peer_behind: replication.peer_behind,
+                            in_sync: replication.in_sync,
+                            force,
+                        };
                         match self
                             .witness
-                            .acquire("sim", name, 3000, self.now + delay / 2)
+                            .acquire("sim", name, 3000, claims, self.now + delay / 2)
                         {
                             WitnessVerdict::Granted { .. } => Verdict::Granted,
                             WitnessVerdict::Refused { holder, .. } => Verdict::Refused { holder },
+                            WitnessVerdict::Outdated { current, .. } => {
+                                Verdict::Outdated { current }
+                            }
                             other => Verdict::Unreachable(format!("{other:?}")),
                         }
                     } else {
@@ -683,6 +693,23 @@ impl Sim {
             ));
         }
         Ok(())
+    }
+
+    /// Per node: its volume against the peer's (from the engine; the model says the peer is
+    /// behind whenever replication is cut under an up volume).
+    fn replication(&self) -> [Replication; 2] {
+        let connected =
+            self.nodes.iter().all(Option::is_some) && self.links[0][0] && self.links[0][1];
+        [0, 1].map(|node| match &self.volumes {
+            Some(volumes) => Replication {
+                peer_behind: volumes.peer_behind(node),
+                in_sync: volumes.in_sync_from(node),
+            },
+            None => Replication {
+                peer_behind: self.up[node][0] && !connected,
+                in_sync: connected && self.ready[0] && self.ready[1],
+            },
+        })
     }
 
     /// The volume model: a node that is not `up_to_date` becomes so after one second

@@ -13,6 +13,14 @@
 //! cluster are remembered; a request beyond them is rejected, not stored. A lease length
 //! outside `min_lease_ms..=max_lease_ms` is rejected.
 //!
+//! Outdated data: an acquire says whether the asker runs with its peer behind (its volumes
+//! are primary and not in sync with the peer's). A grant with that claim, or a forced one (the
+//! operator chose that node's data), makes the asker the only node with current data: every
+//! other node is refused ([`Verdict::Outdated`]), even once the lease is free, until a grant
+//! to a node in sync with its peer (connected, both `up_to_date`: the peer caught up). A node
+//! that missed writes must not take over from a node that made them (DRBD's fence-peer,
+//! through the witness); a node in sync with the current one has its data, and is granted.
+//!
 //! Restart: the witness keeps nothing on disk, so for [`Limits::restart_grace_ms`] (by
 //! default the longest lease) after it starts it grants nothing ([`Verdict::Restarting`]):
 //! any lease granted before the restart has run out before another node can get one.
@@ -102,6 +110,17 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// What an acquire claims besides the lease length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Claims {
+    /// The asker runs with its peer behind: the peer's data is outdated.
+    pub peer_behind: bool,
+    /// The asker's volumes are connected to the peer's and both `up_to_date`.
+    pub in_sync: bool,
+    /// The operator forced this node's data: grant even if it is outdated.
+    pub force: bool,
+}
+
 /// The witness's answer to a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
@@ -124,6 +143,13 @@ pub enum Verdict {
     /// The asker holds no lease now (an answer to a release).
     Released {
         /// The epoch of the last lease of the cluster (0: none yet).
+        epoch: u64,
+    },
+    /// The asker's data is outdated: `current` ran without it.
+    Outdated {
+        /// The node with the current data.
+        current: String,
+        /// The lease's epoch.
         epoch: u64,
     },
     /// The witness started recently and grants nothing for `remaining_ms`.
@@ -160,6 +186,8 @@ struct ClusterState {
     holder: Option<String>,
     epoch: u64,
     expires_at_ms: u64,
+    /// The only node with current data (its peer is behind), if so.
+    current: Option<String>,
     /// Per node, the newest (boot, seq) taken.
     clients: BTreeMap<String, (u64, u64)>,
 }
@@ -183,7 +211,14 @@ impl LeaseTable {
     }
 
     /// `node` of `cluster` asks for the lease for `lease_ms`.
-    pub fn acquire(&mut self, cluster: &str, node: &str, lease_ms: u64, now_ms: u64) -> Verdict {
+    pub fn acquire(
+        &mut self,
+        cluster: &str,
+        node: &str,
+        lease_ms: u64,
+        claims: Claims,
+        now_ms: u64,
+    ) -> Verdict {
         let limits = self.limits;
         if !(limits.min_lease_ms..=limits.max_lease_ms).contains(&lease_ms) {
             return Verdict::Rejected(Rejection::LeaseOutOfRange {
@@ -199,6 +234,16 @@ impl LeaseTable {
         if now_ms < grace_until {
             return Verdict::Restarting {
                 remaining_ms: grace_until - now_ms,
+            };
+        }
+        if let Some(current) = &state.current
+            && current != node
+            && !claims.force
+            && !claims.in_sync
+        {
+            return Verdict::Outdated {
+                current: current.clone(),
+                epoch: state.epoch,
             };
         }
         let live = now_ms < state.expires_at_ms;
@@ -218,6 +263,11 @@ impl LeaseTable {
                 state.holder = Some(node.to_string());
                 state.expires_at_ms = now_ms.saturating_add(lease_ms);
             }
+        }
+        if claims.peer_behind || claims.force {
+            state.current = Some(node.to_string());
+        } else if claims.in_sync {
+            state.current = None;
         }
         Verdict::Granted {
             epoch: state.epoch,
@@ -243,7 +293,13 @@ impl LeaseTable {
         if request.kind == Kind::Acquire
             && !(limits.min_lease_ms..=limits.max_lease_ms).contains(&request.lease_ms)
         {
-            return Ok(self.acquire(&request.cluster, &request.node, request.lease_ms, now_ms));
+            return Ok(self.acquire(
+                &request.cluster,
+                &request.node,
+                request.lease_ms,
+                request.claims,
+                now_ms,
+            ));
         }
         if request.kind == Kind::Release && !self.clusters.contains_key(&request.cluster) {
             return Ok(Verdict::Released { epoch: 0 });
@@ -271,9 +327,13 @@ impl LeaseTable {
             }
         }
         Ok(match request.kind {
-            Kind::Acquire => {
-                self.acquire(&request.cluster, &request.node, request.lease_ms, now_ms)
-            }
+            Kind::Acquire => self.acquire(
+                &request.cluster,
+                &request.node,
+                request.lease_ms,
+                request.claims,
+                now_ms,
+            ),
             Kind::Release => self.release(&request.cluster, &request.node, now_ms),
         })
     }
@@ -287,6 +347,11 @@ impl LeaseTable {
             epoch: state.epoch,
             expires_at_ms: state.expires_at_ms,
         })
+    }
+
+    /// The only node of `cluster` with current data, if the witness was told so.
+    pub fn current(&self, cluster: &str) -> Option<&str> {
+        self.clusters.get(cluster)?.current.as_deref()
     }
 
     /// The epoch of `cluster`'s lease (0: never granted).

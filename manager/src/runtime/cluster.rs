@@ -9,7 +9,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use engine::replica::AdminCommand;
-use engine::state::{DiskState, Role};
+use engine::state::{ConnState, DiskState, Role};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::Daemon;
@@ -19,7 +19,7 @@ use super::witness::WitnessClient;
 use crate::Cluster;
 use crate::cluster::core::{
     Action, Alert, ClusterSpec, Command, GroupSpec, Health, MonitorAction, MonitorSpec,
-    ResourceSpec, Timing, Verdict,
+    Replication, ResourceSpec, Timing, Verdict,
 };
 use crate::cluster::group::ResourceSection;
 use crate::cluster::heartbeat::{HeartbeatTiming, Heartbeats};
@@ -28,6 +28,8 @@ use crate::status::{ArbitrationReport, GroupReport, ResourceReport};
 
 /// Default start and stop timeout of a resource.
 const OP_TIMEOUT_MS: u64 = 60_000;
+/// How often a promotion refused because the peer is still primary is tried again.
+const PROMOTE_RETRY: Duration = Duration::from_millis(100);
 /// Alert commands running at once; more are dropped with a log line.
 const ALERTS_MAX: usize = 4;
 /// An alert command's time limit.
@@ -116,9 +118,10 @@ pub fn spec(config: &Config, me: usize) -> ClusterSpec {
             fence_ms,
             startup_wait_ms,
         },
-        arbiter: config.witness().is_some(),
-        takeover_without_arbiter: config.arbitration.takeover_without_arbiter
-            || (config.witness().is_none() && !config.arbitration.reference_ips.is_empty()),
+        // Reference IPs alone are an arbiter too: the runtime grants the "lease" only while one
+        // of them answers, so a node cut off from them neither takes over nor keeps running.
+        arbiter: config.witness().is_some() || !config.arbitration.reference_ips.is_empty(),
+        takeover_without_arbiter: config.arbitration.takeover_without_arbiter,
     }
 }
 
@@ -213,8 +216,9 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
     let mut core = Cluster::new(spec, now_ms());
     let witness = match config.witness() {
         Some(address) => {
-            let bind = Some(config.nodes[index].listen_ip());
-            match WitnessClient::new(address, bind, &daemon.key, &config.cluster.name, &names[0])
+            // Not bound to the node's address: the witness usually sits on another network
+            // than replication, and answers to the source address, which routing picks.
+            match WitnessClient::new(address, None, &daemon.key, &config.cluster.name, &names[0])
                 .await
             {
                 Ok(client) => Some(tokio::sync::Mutex::new(client)),
@@ -281,6 +285,7 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
             let ready = context.group_ready(group).await;
             core.set_ready(now, group, ready);
         }
+        core.set_replication(now, context.replication().await);
         core.tick(now);
         if core.take_advert_changed() {
             heartbeats.send_soon(now);
@@ -372,10 +377,15 @@ fn carry_out(
                     .await;
             });
         }
-        Action::Acquire => {
+        Action::Acquire { replication, force } => {
             tokio::spawn(async move {
                 let timeout = Duration::from_millis((interval_ms / 2).max(50));
-                let verdict = context.arbitrate(lease_ms, timeout).await;
+                let claims = crate::cluster::witness::Claims {
+                    peer_behind: replication.peer_behind,
+                    in_sync: replication.in_sync,
+                    force,
+                };
+                let verdict = context.arbitrate(lease_ms, claims, timeout).await;
                 let _ = events
                     .send(Event::Lease {
                         sent_ms: now_ms,
@@ -430,6 +440,39 @@ impl Context {
             })
     }
 
+    /// The groups' volumes against the peer's, for the witness: the peer is behind when a
+    /// volume is primary here and not connected, established and `up_to_date` on both sides;
+    /// in sync when every volume is.
+    async fn replication(&self) -> Replication {
+        let volumes = self.daemon.volumes.read().await;
+        let statuses: Vec<_> = self
+            .resources
+            .iter()
+            .flatten()
+            .filter(|r| r.kind == "volume")
+            .filter_map(|r| r.volume.as_deref())
+            .map(|name| {
+                volumes
+                    .iter()
+                    .find(|v| v.section.name == name)
+                    .and_then(|v| v.engine_status())
+            })
+            .collect();
+        let synced = |s: &engine::replica::ReplicaStatus| {
+            s.connection == ConnState::Connected
+                && s.replication == engine::state::ReplState::Established
+                && s.disk == DiskState::UpToDate
+                && s.peer_disk == DiskState::UpToDate
+        };
+        Replication {
+            peer_behind: statuses
+                .iter()
+                .flatten()
+                .any(|s| s.role == Role::Primary && !synced(s)),
+            in_sync: statuses.iter().all(|s| s.as_ref().is_some_and(synced)),
+        }
+    }
+
     fn timeout(section: &ResourceSection, start: bool) -> Duration {
         let ms = if start {
             section.start_timeout_ms
@@ -444,9 +487,7 @@ impl Context {
         let limit = Self::timeout(section, true);
         let work = async {
             if section.kind == "volume" {
-                return self
-                    .volume_admin(section, AdminCommand::Promote { force })
-                    .await;
+                return self.promote(section, force).await;
             }
             self.agent(group, resource).await?.start().await
         };
@@ -497,6 +538,69 @@ impl Context {
         tokio::time::timeout(limit, work).await.unwrap_or_else(|_| {
             Health::Failed(format!("monitor timed out after {} ms", limit.as_millis()))
         })
+    }
+
+    /// Promotes the volume of `section`.
+    ///
+    /// While the engine still sees the peer primary over a live link, it waits (bounded by the
+    /// caller's start timeout) instead of failing: after a partition the heartbeats and the
+    /// arbiter find the peer gone before the replication link does, and a peer that fences
+    /// itself may still be demoting (a protocol C write it had in flight completes only when
+    /// its own link gives up, and only then can its filesystem be unmounted). Failing at once
+    /// would leave the group failed here and running nowhere. When the wait ends because the
+    /// link ended rather than because the peer's demotion arrived, the peer gets `fence_ms`
+    /// more to finish its stop: its link ended at about the same moment as this one.
+    async fn promote(&self, section: &ResourceSection, force: bool) -> Result<(), String> {
+        let name = section.volume.as_deref().unwrap_or_default();
+        let mut waited = false;
+        loop {
+            let peer_role = self.volume_peer_role(section).await;
+            if peer_role != Some(Role::Primary) {
+                if waited && peer_role.is_none() {
+                    let (_, fence_ms, _) = self.config.arbitration_timing();
+                    tracing::info!(
+                        "{name}: the link to the peer ended while it was primary: giving it \
+                         {fence_ms} ms to finish its stop before promoting"
+                    );
+                    tokio::time::sleep(Duration::from_millis(fence_ms)).await;
+                }
+                break;
+            }
+            if !waited {
+                tracing::info!(
+                    "{name}: the peer is still primary: waiting for its demotion or the end of \
+                     the link before promoting"
+                );
+                waited = true;
+            }
+            tokio::time::sleep(PROMOTE_RETRY).await;
+        }
+        let peer_is_primary = engine::replica::Refusal::PeerIsPrimary.to_string();
+        loop {
+            match self
+                .volume_admin(section, AdminCommand::Promote { force })
+                .await
+            {
+                // The peer became primary again in between (its state arrived just now).
+                Err(error) if error.ends_with(&peer_is_primary) => {
+                    tokio::time::sleep(PROMOTE_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The peer's role as the engine of the volume of `section` sees it (`None`: no link).
+    async fn volume_peer_role(&self, section: &ResourceSection) -> Option<Role> {
+        let name = section.volume.as_deref()?;
+        let volumes = self.daemon.volumes.read().await;
+        let volume = volumes.iter().find(|v| v.section.name == name)?;
+        let status = volume.engine_status()?;
+        let linked = matches!(
+            status.connection,
+            ConnState::Connected | ConnState::Connecting
+        );
+        status.peer_role.filter(|_| linked)
     }
 
     async fn volume_role(&self, section: &ResourceSection) -> Option<Role> {
@@ -566,7 +670,12 @@ impl Context {
 
     /// Asks the arbiters: a node that reaches none of the reference IPs may not run; then the
     /// witness decides. Without a witness, reaching a reference IP is enough.
-    async fn arbitrate(&self, lease_ms: u64, timeout: Duration) -> Verdict {
+    async fn arbitrate(
+        &self,
+        lease_ms: u64,
+        claims: crate::cluster::witness::Claims,
+        timeout: Duration,
+    ) -> Verdict {
         let references = self.config.reference_ips();
         if !references.is_empty() {
             let mut reached = false;
@@ -583,10 +692,18 @@ impl Context {
         let Some(witness) = &self.witness else {
             return Verdict::Granted;
         };
-        match witness.lock().await.acquire(lease_ms, timeout).await {
+        match witness
+            .lock()
+            .await
+            .acquire(lease_ms, claims, timeout)
+            .await
+        {
             Ok(crate::cluster::witness::Verdict::Granted { .. }) => Verdict::Granted,
             Ok(crate::cluster::witness::Verdict::Refused { holder, .. }) => {
                 Verdict::Refused { holder }
+            }
+            Ok(crate::cluster::witness::Verdict::Outdated { current, .. }) => {
+                Verdict::Outdated { current }
             }
             Ok(other) => Verdict::Unreachable(format!("witness: {other:?}")),
             Err(error) => Verdict::Unreachable(format!("witness: {error}")),

@@ -16,7 +16,7 @@ use tokio::net::UdpSocket;
 
 use crate::cluster::witness::wire::{MAX_DATAGRAM_BYTES, check_name};
 use crate::cluster::witness::{
-    Answer, Dropped, Kind, Limits, Rejection, Request, Stale, Verdict, Witness, WitnessKey,
+    Answer, Claims, Dropped, Kind, Limits, Rejection, Request, Stale, Verdict, Witness, WitnessKey,
 };
 
 /// Retransmissions of one call, the first transmission included.
@@ -114,6 +114,15 @@ impl Log {
                     );
                 }
             }
+            Verdict::Outdated { current, .. } => {
+                let key = format!("outdated {cluster} {node} {current}");
+                if self.once(key) {
+                    tracing::info!(
+                        "witness: cluster {cluster:?}: refused {node:?} at {from}: {current:?} \
+                         ran without it, its data is outdated"
+                    );
+                }
+            }
             Verdict::Released { epoch } if answer.released => {
                 tracing::info!(
                     "witness: cluster {cluster:?}: {node:?} released the lease, epoch {epoch}"
@@ -144,9 +153,9 @@ impl Log {
     }
 }
 
-/// Runs the witness on `listen` (`IP:PORT`) with the cluster key in `key_file` until SIGTERM
-/// or SIGINT.
-pub fn run(listen: &str, key_file: &Path) -> Result<(), String> {
+/// Runs the witness on `listen` (`IP:PORT`) with the cluster key in `key_file` and `limits`
+/// (`tandem witness --restart-grace-ms` sets the restart grace) until SIGTERM or SIGINT.
+pub fn run(listen: &str, key_file: &Path, limits: Limits) -> Result<(), String> {
     let key = crate::key::read(key_file)?;
     if crate::key::readable_by_others(key_file) {
         tracing::warn!(
@@ -165,9 +174,12 @@ pub fn run(listen: &str, key_file: &Path) -> Result<(), String> {
         let address = socket
             .local_addr()
             .map_or(listen.to_string(), |a| a.to_string());
-        tracing::info!("tandem witness listening on {address}");
+        tracing::info!(
+            "tandem witness listening on {address}; granting no lease for the first {} ms",
+            limits.restart_grace_ms
+        );
         tokio::select! {
-            served = serve(socket, key) => served,
+            served = serve_with(socket, key, limits) => served,
             () = super::wait_for_signal() => {
                 tracing::info!("witness: stopping");
                 Ok(())
@@ -238,20 +250,32 @@ impl WitnessClient {
         })
     }
 
-    /// Asks for (or renews) the lease for `lease_ms`. `Err`: no valid answer within
-    /// `timeout` (the witness is unreachable, or does not have this cluster's key).
-    pub async fn acquire(&self, lease_ms: u64, timeout: Duration) -> Result<Verdict, String> {
-        self.call(Kind::Acquire, lease_ms, timeout).await
+    /// Asks for (or renews) the lease for `lease_ms`, with `claims`. `Err`: no valid answer
+    /// within `timeout` (the witness is unreachable, or does not have this cluster's key).
+    pub async fn acquire(
+        &self,
+        lease_ms: u64,
+        claims: Claims,
+        timeout: Duration,
+    ) -> Result<Verdict, String> {
+        self.call(Kind::Acquire, lease_ms, claims, timeout).await
     }
 
     /// Gives the lease back (if this node holds it). `Err` as for [`Self::acquire`].
     pub async fn release(&self, timeout: Duration) -> Result<Verdict, String> {
-        self.call(Kind::Release, 0, timeout).await
+        self.call(Kind::Release, 0, Claims::default(), timeout)
+            .await
     }
 
     /// Sends the request up to [`ATTEMPTS`] times within `timeout` (the same nonce, a new
     /// sequence number each time) and returns the first authentic answer to it.
-    async fn call(&self, kind: Kind, lease_ms: u64, timeout: Duration) -> Result<Verdict, String> {
+    async fn call(
+        &self,
+        kind: Kind,
+        lease_ms: u64,
+        claims: Claims,
+        timeout: Duration,
+    ) -> Result<Verdict, String> {
         let nonce = engine::runtime::os_random_u64();
         let started = tokio::time::Instant::now();
         let mut trouble = None;
@@ -265,6 +289,7 @@ impl WitnessClient {
                 seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
                 nonce,
                 lease_ms,
+                claims,
             };
             let packet = self
                 .key

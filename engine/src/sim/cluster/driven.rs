@@ -129,6 +129,27 @@ impl VolumePair {
             .is_some_and(|s| s.role == Role::Primary)
     }
 
+    /// Whether `node` is primary and its peer misses writes (not connected, established and
+    /// `up_to_date`).
+    pub fn peer_behind(&self, node: usize) -> bool {
+        self.cluster.status(node).is_some_and(|s| {
+            s.role == Role::Primary
+                && !(s.connection == ConnState::Connected
+                    && s.replication == ReplState::Established
+                    && s.peer_disk == DiskState::UpToDate)
+        })
+    }
+
+    /// Whether `node` sees itself connected, established and both sides `up_to_date`.
+    pub fn in_sync_from(&self, node: usize) -> bool {
+        self.cluster.status(node).is_some_and(|s| {
+            s.connection == ConnState::Connected
+                && s.replication == ReplState::Established
+                && s.disk == DiskState::UpToDate
+                && s.peer_disk == DiskState::UpToDate
+        })
+    }
+
     /// Both connected, established and `up_to_date` (clients may be writing).
     pub fn in_sync(&self) -> bool {
         (0..2).all(|node| {
@@ -262,9 +283,13 @@ impl VolumePair {
             let Some(id) = self.demotes[node].take() else {
                 continue;
             };
-            if self.primary(node) {
-                self.snapshot_holds(node);
+            if !self.primary(node) {
+                // As the daemon does: a volume that is not primary (secondary, or still
+                // attaching after a restart) is stopped already.
+                self.cluster.nodes[node].admin.insert(id, Ok(()));
+                continue;
             }
+            self.snapshot_holds(node);
             let now = self.cluster.now();
             if let Some(replica) = self.cluster.nodes[node].replica.as_mut() {
                 replica.handle(

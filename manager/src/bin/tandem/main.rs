@@ -90,6 +90,12 @@ enum Command {
         /// The cluster key file (the same as the nodes').
         #[arg(long)]
         key: PathBuf,
+        /// Grant nothing for this many milliseconds after starting. The witness keeps no
+        /// state on disk, so this wait lets any lease it granted before a restart run out;
+        /// keep it at least as long as the longest lease the nodes ask for
+        /// ([arbitration] lease_ms, at most 60000). Shorter values are for tests.
+        #[arg(long, value_name = "MS", default_value_t = 60_000)]
+        restart_grace_ms: u64,
     },
 }
 
@@ -234,8 +240,17 @@ fn main() -> ExitCode {
         println!("{}", manager::key::generate());
         return ExitCode::SUCCESS;
     }
-    if let Command::Witness { listen, key } = &cli.command {
-        return match manager::runtime::witness::run(listen, key) {
+    if let Command::Witness {
+        listen,
+        key,
+        restart_grace_ms,
+    } = &cli.command
+    {
+        let limits = manager::cluster::witness::Limits {
+            restart_grace_ms: *restart_grace_ms,
+            ..manager::cluster::witness::Limits::default()
+        };
+        return match manager::runtime::witness::run(listen, key, limits) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("tandem: {error}");

@@ -65,9 +65,10 @@ fn one_link_down_is_reported_and_the_peer_stays_alive() {
     let mut pair = Pair::new(2);
     pair.run(3000);
     pair.events = [Vec::new(), Vec::new()];
-    // The last beat crossed at 2000 ms; the link is suspect from 4000 ms, down from 5000 ms.
+    // Beats go out every 500 ms: the last one crossed at 2500 ms; the link is suspect from
+    // 4500 ms, down from 5500 ms.
     pair.deliver[1] = false;
-    pair.run(1100);
+    pair.run(1600);
     assert_eq!(
         pair.nodes[0].health(),
         vec![LinkHealth::Up, LinkHealth::Suspect]

@@ -30,14 +30,21 @@ fn request(kind: Kind, node: &str, boot: u64, seq: u64) -> Request {
         seq,
         nonce: 0x5eed ^ seq,
         lease_ms: if kind == Kind::Acquire { 1000 } else { 0 },
+        claims: Claims::default(),
     }
 }
 
 #[test]
 fn a_free_lease_is_granted_renewed_and_refused_to_the_other_node() {
     let mut table = table();
-    assert_eq!(table.acquire("t", "alpha", 1000, 10), granted(1, 1000));
-    assert_eq!(table.acquire("t", "alpha", 1000, 500), granted(1, 1000));
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, Claims::default(), 10),
+        granted(1, 1000)
+    );
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, Claims::default(), 500),
+        granted(1, 1000)
+    );
     assert_eq!(
         table.lease("t", 600),
         Some(Lease {
@@ -47,7 +54,7 @@ fn a_free_lease_is_granted_renewed_and_refused_to_the_other_node() {
         })
     );
     assert_eq!(
-        table.acquire("t", "beta", 1000, 700),
+        table.acquire("t", "beta", 1000, Claims::default(), 700),
         Verdict::Refused {
             holder: "alpha".into(),
             epoch: 1,
@@ -55,36 +62,54 @@ fn a_free_lease_is_granted_renewed_and_refused_to_the_other_node() {
         }
     );
     // Another cluster is independent.
-    assert_eq!(table.acquire("u", "beta", 1000, 700), granted(1, 1000));
+    assert_eq!(
+        table.acquire("u", "beta", 1000, Claims::default(), 700),
+        granted(1, 1000)
+    );
 }
 
 #[test]
 fn a_renewal_never_shortens_the_lease() {
     let mut table = table();
-    assert_eq!(table.acquire("t", "alpha", 5000, 0), granted(1, 5000));
-    assert_eq!(table.acquire("t", "alpha", 100, 1000), granted(1, 100));
+    assert_eq!(
+        table.acquire("t", "alpha", 5000, Claims::default(), 0),
+        granted(1, 5000)
+    );
+    assert_eq!(
+        table.acquire("t", "alpha", 100, Claims::default(), 1000),
+        granted(1, 100)
+    );
     assert_eq!(table.lease("t", 4999).map(|l| l.expires_at_ms), Some(5000));
 }
 
 #[test]
 fn an_expired_lease_changes_hands_with_a_new_epoch() {
     let mut table = table();
-    assert_eq!(table.acquire("t", "alpha", 1000, 0), granted(1, 1000));
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, Claims::default(), 0),
+        granted(1, 1000)
+    );
     assert!(matches!(
-        table.acquire("t", "beta", 1000, 999),
+        table.acquire("t", "beta", 1000, Claims::default(), 999),
         Verdict::Refused {
             remaining_ms: 1,
             ..
         }
     ));
     assert_eq!(table.lease("t", 1000), None);
-    assert_eq!(table.acquire("t", "beta", 1000, 1000), granted(2, 1000));
+    assert_eq!(
+        table.acquire("t", "beta", 1000, Claims::default(), 1000),
+        granted(2, 1000)
+    );
     assert!(matches!(
-        table.acquire("t", "alpha", 1000, 1500),
+        table.acquire("t", "alpha", 1000, Claims::default(), 1500),
         Verdict::Refused { ref holder, epoch: 2, remaining_ms: 500 } if holder == "beta"
     ));
     // A lapsed lease taken again by the same node is a new epoch too: there was a gap.
-    assert_eq!(table.acquire("t", "beta", 1000, 3000), granted(3, 1000));
+    assert_eq!(
+        table.acquire("t", "beta", 1000, Claims::default(), 3000),
+        granted(3, 1000)
+    );
 }
 
 #[test]
@@ -94,7 +119,10 @@ fn release_frees_only_the_holders_lease() {
         table.release("t", "alpha", 0),
         Verdict::Released { epoch: 0 }
     );
-    assert_eq!(table.acquire("t", "alpha", 1000, 0), granted(1, 1000));
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, Claims::default(), 0),
+        granted(1, 1000)
+    );
     assert_eq!(
         table.release("t", "beta", 10),
         Verdict::Released { epoch: 1 }
@@ -105,7 +133,10 @@ fn release_frees_only_the_holders_lease() {
         Verdict::Released { epoch: 1 }
     );
     assert_eq!(table.lease("t", 20), None);
-    assert_eq!(table.acquire("t", "beta", 1000, 30), granted(2, 1000));
+    assert_eq!(
+        table.acquire("t", "beta", 1000, Claims::default(), 30),
+        granted(2, 1000)
+    );
 }
 
 #[test]
@@ -122,12 +153,24 @@ fn lease_lengths_clusters_and_nodes_are_bounded() {
         min_ms: 100,
         max_ms: 60_000,
     });
-    assert_eq!(table.acquire("t", "alpha", 99, 0), range);
-    assert_eq!(table.acquire("t", "alpha", 60_001, 0), range);
-    assert_eq!(table.acquire("t", "alpha", 100, 0), granted(1, 100));
-    assert_eq!(table.acquire("u", "alpha", 60_000, 0), granted(1, 60_000));
+    assert_eq!(table.acquire("t", "alpha", 99, Claims::default(), 0), range);
+    assert_eq!(
+        table.acquire("t", "alpha", 60_001, Claims::default(), 0),
+        range
+    );
+    assert_eq!(
+        table.acquire("t", "alpha", 100, Claims::default(), 0),
+        granted(1, 100)
+    );
+    assert_eq!(
+        table.acquire("u", "alpha", 60_000, Claims::default(), 0),
+        granted(1, 60_000)
+    );
     let full = Verdict::Rejected(Rejection::TooManyClusters { max: 2 });
-    assert_eq!(table.acquire("v", "alpha", 1000, 0), full);
+    assert_eq!(
+        table.acquire("v", "alpha", 1000, Claims::default(), 0),
+        full
+    );
     assert_eq!(
         table.handle(&request(Kind::Acquire, "alpha", 1, 1), 0),
         Ok(granted(1, 1000))
@@ -155,12 +198,15 @@ fn lease_lengths_clusters_and_nodes_are_bounded() {
 fn nothing_is_granted_during_the_restart_grace() {
     let mut table = LeaseTable::new(Limits::default(), 1000);
     assert_eq!(
-        table.acquire("t", "alpha", 1000, 2000),
+        table.acquire("t", "alpha", 1000, Claims::default(), 2000),
         Verdict::Restarting {
             remaining_ms: 59_000
         }
     );
-    assert_eq!(table.acquire("t", "alpha", 1000, 61_000), granted(1, 1000));
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, Claims::default(), 61_000),
+        granted(1, 1000)
+    );
 }
 
 #[test]
@@ -240,6 +286,98 @@ fn the_witness_answers_authentic_requests_and_drops_the_rest() {
     );
 }
 
+#[test]
+fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
+    let mut table = table();
+    let plain = Claims::default();
+    let behind = Claims {
+        peer_behind: true,
+        ..Claims::default()
+    };
+    let forced = Claims {
+        force: true,
+        ..Claims::default()
+    };
+    let in_sync = Claims {
+        in_sync: true,
+        ..Claims::default()
+    };
+    let outdated = |current: &str, epoch| Verdict::Outdated {
+        current: current.into(),
+        epoch,
+    };
+    // alpha runs, in sync: beta may take over once alpha's lease is gone.
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, in_sync, 0),
+        granted(1, 1000)
+    );
+    assert_eq!(table.current("t"), None);
+    // alpha loses its peer and keeps writing: beta's data is outdated from now on.
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, behind, 500),
+        granted(1, 1000)
+    );
+    assert_eq!(table.current("t"), Some("alpha"));
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 900),
+        outdated("alpha", 1)
+    );
+    // Still once alpha is no longer primary (it has the writes beta missed), and once its
+    // lease expired or was released.
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, plain, 1200),
+        granted(1, 1000)
+    );
+    assert_eq!(table.current("t"), Some("alpha"));
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 5000),
+        outdated("alpha", 1)
+    );
+    assert_eq!(
+        table.release("t", "alpha", 5000),
+        Verdict::Released { epoch: 1 }
+    );
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 5001),
+        outdated("alpha", 1)
+    );
+    // alpha comes back, resyncs beta and says so: beta may take over again.
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, behind, 6000),
+        granted(2, 1000)
+    );
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, in_sync, 6500),
+        granted(2, 1000)
+    );
+    assert_eq!(table.current("t"), None);
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 7500),
+        granted(3, 1000)
+    );
+    // The operator may force a node's data: it is then the current one.
+    assert_eq!(
+        table.acquire("t", "beta", 1000, behind, 7600),
+        granted(3, 1000)
+    );
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, forced, 9000),
+        granted(4, 1000)
+    );
+    assert_eq!(table.current("t"), Some("alpha"));
+    // A node in sync with the current one has its data: it may run, and clears the mark
+    // (which the current node, not running, would not renew).
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 11_000),
+        outdated("alpha", 4)
+    );
+    assert_eq!(
+        table.acquire("t", "beta", 1000, in_sync, 11_000),
+        granted(5, 1000)
+    );
+    assert_eq!(table.current("t"), None);
+}
+
 // The codec.
 
 fn sample_request() -> Request {
@@ -251,6 +389,11 @@ fn sample_request() -> Request {
         seq: 42,
         nonce: 0xdead_beef_cafe_f00d,
         lease_ms: 3000,
+        claims: Claims {
+            peer_behind: true,
+            force: false,
+            in_sync: true,
+        },
     }
 }
 
@@ -264,6 +407,10 @@ fn sample_verdicts() -> Vec<Verdict> {
         },
         Verdict::Released { epoch: 5 },
         Verdict::Restarting { remaining_ms: 777 },
+        Verdict::Outdated {
+            current: "beta".into(),
+            epoch: 6,
+        },
         Verdict::Rejected(Rejection::LeaseOutOfRange {
             min_ms: 100,
             max_ms: 60_000,
@@ -280,7 +427,7 @@ fn requests_round_trip_and_names_are_checked() {
     for kind in [Kind::Acquire, Kind::Release] {
         ask.kind = kind;
         let packet = key.encode_request(&ask).expect("valid");
-        assert_eq!(packet.len(), 40 + 4 + 5 + 32);
+        assert_eq!(packet.len(), 48 + 4 + 5 + 32);
         assert_eq!(decode_request(&KEY, &packet), Ok(ask.clone()));
     }
     let longest = Request {

@@ -3,12 +3,12 @@
 //! without the key can neither ask for a lease nor forge an answer (S9). Hand-framed; decoding
 //! is a pure function of the bytes (and the key) and never panics.
 //!
-//! Request (integers little-endian), 74..=200 bytes:
+//! Request (integers little-endian), 82..=208 bytes:
 //!
 //! | bytes      | field                                                       |
 //! |------------|-------------------------------------------------------------|
 //! | 0..4       | `"TNWR"`                                                    |
-//! | 4          | version, 1                                                  |
+//! | 4          | version, 2                                                  |
 //! | 5          | kind: 1 acquire, 2 release                                  |
 //! | 6          | cluster name length `c`, 1..=64                             |
 //! | 7          | node name length `n`, 1..=64                                |
@@ -16,7 +16,8 @@
 //! | 16..24     | sequence number (increases with every datagram of the boot) |
 //! | 24..32     | client nonce (echoed by the answer)                         |
 //! | 32..40     | lease ms (0 for a release)                                  |
-//! | 40..40+c   | cluster name (UTF-8, in clear: the witness derives the key) |
+//! | 40..48     | claims: bit 0 peer behind, 1 forced, 2 in sync; no other    |
+//! | 48..48+c   | cluster name (UTF-8, in clear: the witness derives the key) |
 //! | then `n`   | node name (UTF-8)                                           |
 //! | last 32    | HMAC-SHA256 over every byte before it                       |
 //!
@@ -25,14 +26,14 @@
 //! | bytes    | field                                                              |
 //! |----------|--------------------------------------------------------------------|
 //! | 0..4     | `"TNWA"`                                                           |
-//! | 4        | version, 1                                                         |
-//! | 5        | verdict: 1 granted, 2 refused, 3 released, 4 restarting, 5 rejected |
+//! | 4        | version, 2                                                         |
+//! | 5        | verdict: 1 granted, 2 refused, 3 released, 4 restarting, 5 rejected, 6 outdated |
 //! | 6        | rejected: 1 lease out of range, 2 too many clusters, 3 too many nodes; else 0 |
-//! | 7        | holder name length `h`: 1..=64 if refused, else 0                  |
+//! | 7        | name length `h`: 1..=64 if refused (the holder) or outdated (the node with current data), else 0 |
 //! | 8..16    | the request's nonce                                                |
 //! | 16..24   | epoch; rejected: the shortest lease (out of range) or 0           |
 //! | 24..32   | granted: lease ms; refused, restarting: ms left; rejected: the max |
-//! | 32..32+h | holder name (UTF-8)                                                |
+//! | 32..32+h | the name (UTF-8)                                                   |
 //! | last 32  | HMAC-SHA256 over every byte before it                              |
 //!
 //! Both directions use the same derived key; the magic, which the tag covers, keeps a request
@@ -41,13 +42,13 @@
 
 use ring::hmac;
 
-use super::{Rejection, Verdict};
+use super::{Claims, Rejection, Verdict};
 
 const REQUEST_MAGIC: &[u8; 4] = b"TNWR";
 const RESPONSE_MAGIC: &[u8; 4] = b"TNWA";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const TAG_BYTES: usize = 32;
-const REQUEST_HEADER: usize = 40;
+const REQUEST_HEADER: usize = 48;
 const RESPONSE_HEADER: usize = 32;
 /// The longest cluster or node name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -80,6 +81,8 @@ pub struct Request {
     pub nonce: u64,
     /// The lease asked for (0 for a release).
     pub lease_ms: u64,
+    /// What an acquire claims (none for a release).
+    pub claims: Claims,
 }
 
 /// Why a datagram is not a valid witness request or answer.
@@ -104,6 +107,9 @@ pub enum WireError {
     /// An unknown request kind.
     #[error("unknown request kind {0}")]
     Kind(u8),
+    /// Claim bits this side does not know.
+    #[error("unknown claims {0:#x}")]
+    Claims(u64),
     /// An unknown verdict or rejection reason, or fields that do not fit the verdict.
     #[error("malformed verdict {0}")]
     Verdict(u8),
@@ -122,6 +128,7 @@ impl WireError {
             Self::Name(_) => "name",
             Self::Tag => "tag",
             Self::Kind(_) => "kind",
+            Self::Claims(_) => "claims",
             Self::Verdict(_) => "verdict",
             Self::Nonce => "nonce",
         }
@@ -189,7 +196,16 @@ impl WitnessKey {
         });
         packet.push(request.cluster.len() as u8);
         packet.push(request.node.len() as u8);
-        for value in [request.boot, request.seq, request.nonce, request.lease_ms] {
+        let claims = u64::from(request.claims.peer_behind)
+            | u64::from(request.claims.force) << 1
+            | u64::from(request.claims.in_sync) << 2;
+        for value in [
+            request.boot,
+            request.seq,
+            request.nonce,
+            request.lease_ms,
+            claims,
+        ] {
             packet.extend_from_slice(&value.to_le_bytes());
         }
         packet.extend_from_slice(request.cluster.as_bytes());
@@ -212,13 +228,14 @@ impl WitnessKey {
             } => (2, 0, *epoch, *remaining_ms, holder.as_str()),
             Verdict::Released { epoch } => (3, 0, *epoch, 0, ""),
             Verdict::Restarting { remaining_ms } => (4, 0, 0, *remaining_ms, ""),
+            Verdict::Outdated { current, epoch } => (6, 0, *epoch, 0, current.as_str()),
             Verdict::Rejected(Rejection::LeaseOutOfRange { min_ms, max_ms }) => {
                 (5, 1, *min_ms, *max_ms, "")
             }
             Verdict::Rejected(Rejection::TooManyClusters { max }) => (5, 2, 0, *max, ""),
             Verdict::Rejected(Rejection::TooManyNodes { max }) => (5, 3, 0, *max, ""),
         };
-        if code == 2 {
+        if code == 2 || code == 6 {
             check_name("holder", holder).expect("the lease table holds valid names");
         }
         let mut packet = Vec::with_capacity(RESPONSE_HEADER + holder.len() + TAG_BYTES);
@@ -255,7 +272,8 @@ impl WitnessKey {
         }
         let (code, reason) = (packet[5], packet[6]);
         let (epoch, ms) = (word(packet, 16), word(packet, 24));
-        if (code == 2) != (holder_bytes > 0) || (code == 5) != (reason != 0) {
+        let named = code == 2 || code == 6;
+        if named != (holder_bytes > 0) || (code == 5) != (reason != 0) {
             return Err(WireError::Verdict(code));
         }
         let zero_epoch = |verdict: Verdict| {
@@ -276,6 +294,10 @@ impl WitnessKey {
                 remaining_ms: ms,
             }),
             (3, _) if ms == 0 => Ok(Verdict::Released { epoch }),
+            (6, _) if ms == 0 => Ok(Verdict::Outdated {
+                current: name_from("holder", &packet[RESPONSE_HEADER..length - TAG_BYTES])?,
+                epoch,
+            }),
             (4, _) => zero_epoch(Verdict::Restarting { remaining_ms: ms }),
             (5, 1) => Ok(Verdict::Rejected(Rejection::LeaseOutOfRange {
                 min_ms: epoch,
@@ -315,6 +337,10 @@ pub fn decode_request(cluster_key: &[u8; 32], packet: &[u8]) -> Result<Request, 
         2 => Kind::Release,
         other => return Err(WireError::Kind(other)),
     };
+    let claims = word(packet, 40);
+    if claims & !0b111 != 0 {
+        return Err(WireError::Claims(claims));
+    }
     Ok(Request {
         kind,
         cluster,
@@ -323,5 +349,10 @@ pub fn decode_request(cluster_key: &[u8; 32], packet: &[u8]) -> Result<Request, 
         seq: word(packet, 16),
         nonce: word(packet, 24),
         lease_ms: word(packet, 32),
+        claims: Claims {
+            peer_behind: claims & 1 != 0,
+            force: claims & 2 != 0,
+            in_sync: claims & 4 != 0,
+        },
     })
 }

@@ -10,7 +10,7 @@
 //! Stop unmounts. When the mount is busy a plain stop fails and names the processes that
 //! hold it; a forced stop kills them (SIGKILL: every process whose working directory, root,
 //! open files or mapped files are under the mount point) and then unmounts. An NBD attachment
-//! is detached after the unmount.
+//! is detached after the unmount (its loop device already goes with the mount).
 //!
 //! Monitor: something is mounted on the mount point → running (failed if it is over NBD and
 //! nbdfuse is gone), else stopped.
@@ -142,13 +142,20 @@ impl Filesystem {
                 .map_err(|e| context.error(format!("cannot attach the NBD export: {e}")))?,
         };
         let mounted = self.check_and_mount(&device, &target).await;
-        if mounted.is_err() && matches!(self.device, FsDevice::Nbd { .. }) {
-            // Leave nothing attached behind a failed start.
-            if let Err(error) = Attachment::new(context).detach().await {
+        if matches!(self.device, FsDevice::Nbd { .. }) {
+            let result = match mounted {
+                // The loop device now goes with the mount (the kernel frees it on the last
+                // unmount), however the mount ends: a stop, or the end of the mount namespace
+                // of a daemon that died, where a later stop cannot see it.
+                Ok(()) => Attachment::detach_with_mount(&device).await,
+                // Leave nothing attached behind a failed start.
+                Err(_) => Attachment::new(context).detach().await,
+            };
+            if let Err(error) = result {
                 tracing::warn!(
                     group = %context.group,
                     resource = %context.resource,
-                    "detaching after a failed mount: {error}"
+                    "{error}"
                 );
             }
         }

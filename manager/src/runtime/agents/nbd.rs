@@ -7,7 +7,10 @@
 //! `state_dir/agents/<group>.<resource>.nbdfuse.pid` and its stderr appended to
 //! `<group>.<resource>.log`. Detaching finds everything from scratch (the loop devices backed by
 //! the file, in `/sys/block/loop*/loop/backing_file`; the FUSE mount in mountinfo; nbdfuse by
-//! its pidfile), so it also works after a daemon restart or a start that was cut short.
+//! its pidfile), so it also works after a daemon restart or a start that was cut short. Once
+//! the filesystem is mounted on it, the loop device is marked to go with the mount (the kernel
+//! detaches it on the last unmount), so it does not outlive a mount that a stop cannot see: one
+//! in the mount namespace of a daemon that died, gone with its last process.
 
 use std::ffi::OsStr;
 use std::net::IpAddr;
@@ -211,6 +214,15 @@ impl<'a> Attachment<'a> {
             return Err("losetup --find --show printed no device".to_string());
         }
         Ok(PathBuf::from(device))
+    }
+
+    /// Marks the loop device `device`, mounted, to be detached by the kernel when its last
+    /// user (the mount) closes it (`losetup -d` on a busy device).
+    pub(super) async fn detach_with_mount(device: &Path) -> Result<(), String> {
+        run_ok("losetup", &[OsStr::new("-d"), device.as_os_str()])
+            .await
+            .map(drop)
+            .map_err(|e| format!("cannot tie {} to its mount: {e}", device.display()))
     }
 
     /// Detaches the loop devices, unmounts the FUSE directory and stops nbdfuse; what is
