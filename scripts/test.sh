@@ -27,6 +27,7 @@ ip iproute2
 sha256sum coreutils
 sysctl procps
 findmnt util-linux
+python3 python3
 TOOLS
     # libublk's bindings are generated with libclang when the workspace builds.
     dpkg-query -W -f '${Status}' libclang-dev 2>/dev/null | grep -q 'install ok installed' \

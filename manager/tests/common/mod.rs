@@ -2,6 +2,7 @@
 //! key, processes that are killed when the test ends, and bounded waits on real conditions.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod cluster_net;
 pub mod nbd;
 pub mod proxy;
 
@@ -113,6 +114,14 @@ impl Cluster {
         std::fs::write(&self.config, text).expect("config");
     }
 
+    /// Appends `text` (whole sections: `[arbitration]`, `[[group]]`...) to the configuration.
+    pub fn append_config(&mut self, text: &str) {
+        let mut config = std::fs::read_to_string(&self.config).expect("config");
+        config += "\n";
+        config += text;
+        std::fs::write(&self.config, config).expect("config");
+    }
+
     fn config_of(&self, name: &str) -> &Path {
         self.own_configs
             .iter()
@@ -167,6 +176,8 @@ impl Cluster {
 
     /// Starts the daemon of `name` and waits for its admin socket.
     pub fn start_daemon(&mut self, name: &str) {
+        // A socket left by a killed daemon must not count as this one's.
+        let _ = std::fs::remove_file(self.dir.join(name).join("tandem.sock"));
         let log = std::fs::File::create(self.dir.join(format!("{name}.log"))).expect("log");
         let mut command = self.command(name, tandem_binary());
         command
