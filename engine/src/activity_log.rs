@@ -105,7 +105,8 @@ pub struct AlRecovery {
     pub torn_copies: u32,
     /// Blocks whose two copies both failed: the log cannot be trusted.
     pub damaged_blocks: Vec<u32>,
-    /// Slots naming an extent past the end of the volume (ignored).
+    /// Slots naming an extent past the end of the volume, or one an earlier slot names
+    /// (ignored: the log holds each extent once).
     pub invalid_slots: u32,
 }
 
@@ -351,6 +352,7 @@ pub fn recover(layout: &Layout, region: &[u8], instance_tag: u32) -> AlRecovery 
         newest_copy: vec![0; blocks as usize],
         ..AlRecovery::default()
     };
+    let mut listed = std::collections::HashSet::new();
     for block in 0..blocks {
         let copy_bytes = |copy: u32| {
             let start = (u64::from(2 * block + copy) * BLOCK_BYTES) as usize;
@@ -376,7 +378,11 @@ pub fn recover(layout: &Layout, region: &[u8], instance_tag: u32) -> AlRecovery 
         for (offset, extent) in slots.into_iter().enumerate() {
             let slot = first_slot + offset;
             match extent {
-                Some(extent) if slot < slot_count && extent < layout.extent_count() => {
+                Some(extent)
+                    if slot < slot_count
+                        && extent < layout.extent_count()
+                        && listed.insert(extent) =>
+                {
                     recovery.slots[slot] = Some(extent);
                 }
                 Some(_) => recovery.invalid_slots += 1,

@@ -95,10 +95,21 @@ pub fn scan(ring: &[u8], tail_offset: u64, tail_seq: Seq, instance_tag: u32) -> 
             break ScanEnd::StaleRecord { found: header.seq };
         }
         if header.kind == RecordKind::Wrap {
-            // A wrap marker carries the sequence number of the record that follows it at 0.
+            // A wrap marker carries the sequence number of the record that follows it at 0. The
+            // journal never writes one whose gap would take the run past a whole ring (one at
+            // offset 0 after other records, say): such a marker ends the journal like any
+            // invalid record.
+            if used_bytes + (ring_bytes - position) > ring_bytes {
+                break ScanEnd::NoRecord;
+            }
             used_bytes += ring_bytes - position;
             position = 0;
             continue;
+        }
+        if header.seq.0 == u64::MAX {
+            // No sequence number follows this one, so no journal holds it (only a damaged
+            // superblock's tail can ask for it): the end.
+            break ScanEnd::NoRecord;
         }
         let stored = header.stored_bytes();
         if position + stored > ring_bytes || used_bytes + stored > ring_bytes {

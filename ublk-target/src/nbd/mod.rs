@@ -169,3 +169,22 @@ impl NbdLimits {
         }
     }
 }
+
+/// Speaks NBD over one connection given as any reader and writer (an in-memory client stream,
+/// say) until it ends; returns why it ended, as the server logs it, and the export it used.
+/// For the fuzz targets (`fuzz/`); the server itself uses [`serve`].
+#[doc(hidden)]
+pub async fn serve_stream<R, W>(
+    reader: R,
+    writer: W,
+    registry: &ExportRegistry,
+    limits: NbdLimits,
+) -> (String, Option<String>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let (reason, export) =
+        server::serve_connection(reader, writer, registry, limits.effective()).await;
+    (reason.to_string(), export)
+}

@@ -220,3 +220,31 @@ fn log_failure(address: SocketAddr, error: LinkError) -> LinkError {
     tracing::warn!("link with peer {address} failed: {error}");
     error
 }
+
+/// The handshake's hello codec and negotiation, reachable for the fuzz targets (`fuzz/`); not
+/// part of the link's API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::hello::{HelloMessage, negotiate};
+    use super::{Hello, Incompatibility};
+
+    /// Decodes a hello message as the handshake does: the hello and the sender's frame payload
+    /// limit, or `None`.
+    pub fn decode_hello_message(bytes: &[u8]) -> Option<(Hello, u32)> {
+        HelloMessage::decode(bytes).map(|message| (message.hello, message.frame_payload_bytes_max))
+    }
+
+    /// Encodes a hello message; `hello` must be valid.
+    pub fn encode_hello_message(hello: &Hello, frame_payload_bytes_max: u32) -> Vec<u8> {
+        HelloMessage {
+            hello: hello.clone(),
+            frame_payload_bytes_max,
+        }
+        .encode()
+    }
+
+    /// Negotiates two hellos as the handshake does: the protocol version and features agreed.
+    pub fn negotiate_hellos(ours: &Hello, theirs: &Hello) -> Result<(u8, u64), Incompatibility> {
+        negotiate(ours, theirs).map(|agreement| (agreement.protocol_version, agreement.features))
+    }
+}
