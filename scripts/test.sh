@@ -69,4 +69,7 @@ scripts/vm/run.sh kernel-nbd ublk-switchover ublk-restart
 step "simulator: $SIM_SEEDS seeds"
 cargo run -p engine --release --features sim --bin sim -- --seeds "$SIM_SEEDS"
 
+step "cluster simulator: $SIM_SEEDS seeds with modelled volumes, $SIM_SEEDS with the engine's replicas"
+TANDEM_SIM_SEEDS="$SIM_SEEDS" cargo test --release -p manager --lib random_faults -- --nocapture
+
 step "all tests passed"

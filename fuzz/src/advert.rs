@@ -42,6 +42,7 @@ pub fn sample_adverts() -> Vec<Advert> {
             sees_peer: true,
             maintenance: (7, true),
             fenced: false,
+            peer_behind: true,
             groups: vec![running, failed, GroupAdvert::default()],
         },
         Advert {

@@ -4,7 +4,7 @@
 //! replayed one says nothing.
 //!
 //! Layout (integers little-endian): configuration fingerprint u32, flags u8 (1 sees the peer
-//! alive, 2 maintenance, 4 fenced), maintenance sequence u32, group count u8, then per group
+//! alive, 2 maintenance, 4 fenced, 8 the receiver misses writes), maintenance sequence u32, group count u8, then per group
 //! 8 bytes: intent sequence u32, intent flags u8 (1 enabled, 2 forced), intent target u8
 //! (0xff: none), phase u8, flags u8 (1 ready, 2 blocked).
 
@@ -97,6 +97,9 @@ pub struct Advert {
     pub maintenance: (u32, bool),
     /// The sender lost arbitration and stopped its groups.
     pub fenced: bool,
+    /// The sender's volumes hold writes the receiver's lack (DRBD's outdated peer): the
+    /// receiver may not start them until a resync, unless forced.
+    pub peer_behind: bool,
     /// Per configured group, in configuration order.
     pub groups: Vec<GroupAdvert>,
 }
@@ -120,7 +123,8 @@ impl Advert {
         out.extend_from_slice(&self.config.to_le_bytes());
         let flags = u8::from(self.sees_peer)
             | u8::from(self.maintenance.1) << 1
-            | u8::from(self.fenced) << 2;
+            | u8::from(self.fenced) << 2
+            | u8::from(self.peer_behind) << 3;
         out.push(flags);
         out.extend_from_slice(&self.maintenance.0.to_le_bytes());
         out.push(u8::try_from(groups.len()).unwrap_or(u8::MAX));
@@ -140,7 +144,7 @@ impl Advert {
         let u32_at =
             |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("four bytes"));
         let flags = head[4];
-        if flags & !7 != 0 {
+        if flags & !15 != 0 {
             return Err(AdvertError::Malformed);
         }
         let count = usize::from(head[9]);
@@ -177,6 +181,7 @@ impl Advert {
             sees_peer: flags & 1 != 0,
             maintenance: (u32_at(head, 5), flags & 2 != 0),
             fenced: flags & 4 != 0,
+            peer_behind: flags & 8 != 0,
             groups,
         })
     }
@@ -192,6 +197,7 @@ mod tests {
             sees_peer: true,
             maintenance: (7, true),
             fenced: false,
+            peer_behind: true,
             groups: vec![
                 GroupAdvert {
                     intent: Intent {
@@ -238,7 +244,7 @@ mod tests {
     fn unknown_codes_are_refused() {
         let bytes = sample().encode();
         for (at, value) in [
-            (4, 8),
+            (4, 16),
             (9, 33),
             (HEAD_BYTES + 4, 4),
             (HEAD_BYTES + 6, 5),

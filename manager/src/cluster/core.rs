@@ -416,6 +416,7 @@ impl Cluster {
             sees_peer: self.peer.alive,
             maintenance: self.maintenance,
             fenced: self.fenced,
+            peer_behind: self.replication.peer_behind,
             groups: self
                 .groups
                 .iter()
@@ -766,19 +767,34 @@ impl Cluster {
                 if !self.spec.groups[group].nodes.contains(&node) {
                     return Err(format!("{name} cannot run on {to}: not in its nodes"));
                 }
-                let ready = if node == self.spec.me {
-                    self.groups[group].ready
+                let me = &self.spec.names[self.spec.me];
+                let peer = &self.spec.names[1 - self.spec.me];
+                let (ready, behind) = if node == self.spec.me {
+                    (self.groups[group].ready, self.behind_peer())
                 } else {
                     if !self.peer.alive {
                         return Err(format!("{to} is not reachable"));
                     }
-                    self.peer_group(group).is_some_and(|g| g.ready)
+                    let ready = self.peer_group(group).is_some_and(|g| g.ready);
+                    (ready, self.replication.peer_behind)
                 };
                 if !ready && !force {
                     return Err(format!(
                         "{to}'s volumes of {name} are not up_to_date; --force starts it there anyway"
                     ));
                 }
+                if behind && !force {
+                    let (lacks, has) = if node == self.spec.me {
+                        (me, peer)
+                    } else {
+                        (peer, me)
+                    };
+                    return Err(format!(
+                        "{lacks}'s volumes miss writes made on {has} (a resync has not caught up); \
+                         --force starts {name} on {lacks} anyway and discards them"
+                    ));
+                }
+                let ready = ready && !behind;
                 self.set_intent(group, true, Some(node), force && !ready);
                 format!("{name}: switching to {to}")
             }
@@ -912,6 +928,12 @@ impl Cluster {
         }
     }
 
+    /// The peer said that this node's volumes miss writes made there (its last word, also
+    /// once it is lost).
+    fn behind_peer(&self) -> bool {
+        self.peer.advert.as_ref().is_some_and(|a| a.peer_behind)
+    }
+
     fn peer_group(&self, group: usize) -> Option<&GroupAdvert> {
         if !self.peer.alive {
             return None;
@@ -999,7 +1021,8 @@ impl Cluster {
         if node == self.spec.me {
             let state = &self.groups[group];
             let forced = state.intent.force && state.intent.target == u8::try_from(node).ok();
-            return !self.fenced && state.blocked.is_none() && (state.ready || forced);
+            let current = state.ready && !self.behind_peer();
+            return !self.fenced && state.blocked.is_none() && (current || forced);
         }
         let Some(advert) = self.peer.advert.as_ref().filter(|_| self.peer.alive) else {
             return false;
@@ -1008,7 +1031,8 @@ impl Cluster {
             return false;
         };
         let forced = theirs.intent.force && theirs.intent.target == u8::try_from(node).ok();
-        !advert.fenced && !theirs.blocked && (theirs.ready || forced)
+        let current = theirs.ready && !self.replication.peer_behind;
+        !advert.fenced && !theirs.blocked && (current || forced)
     }
 
     /// The node that should run `group` when nobody runs it.
@@ -1091,6 +1115,13 @@ impl Cluster {
         }
         if !state.ready && !self.eligible(group, me) {
             return Some("this node's volumes are not up_to_date".into());
+        }
+        if self.behind_peer() && !self.eligible(group, me) {
+            return Some(format!(
+                "this node's volumes miss writes made on {} (it said so); waiting for a resync \
+                 (`group switch --force` starts it here anyway)",
+                self.spec.names[1 - me]
+            ));
         }
         if self.peer.alive {
             if self.peer.advert.is_none() {
@@ -1185,7 +1216,7 @@ impl Cluster {
                 matches!(state.local, Local::Stopped | Local::Claiming(_))
                     && state.intent.enabled
                     && state.blocked.is_none()
-                    && (state.ready || forced)
+                    && (state.ready && !self.behind_peer() || forced)
                     && self.spec.groups[g].nodes.contains(&me)
             });
         let need = self.active() || wants_takeover;

@@ -126,6 +126,10 @@ pub struct Sim {
     ready: [bool; 2],
     /// Milliseconds both were connected with the node not ready (a resync).
     resync_ms: [u64; 2],
+    /// Per node: its volume holds writes the other's lacks (it was up while replication was
+    /// cut), until one second connected (a resync).
+    behind: [bool; 2],
+    connected_ms: u64,
     /// Per link and direction (from node): passes beats.
     links: [[bool; 2]; LINKS],
     /// Per node: reaches the witness.
@@ -208,6 +212,8 @@ impl Sim {
             died: [false; 2],
             ready: [true; 2],
             resync_ms: [0; 2],
+            behind: [false; 2],
+            connected_ms: 0,
             links: [[true; 2]; LINKS],
             witness_reach: [true; 2],
             // A witness that has been up for long: no restart grace.
@@ -706,8 +712,8 @@ impl Sim {
                 in_sync: volumes.in_sync_from(node),
             },
             None => Replication {
-                peer_behind: self.up[node][0] && !connected,
-                in_sync: connected && self.ready[0] && self.ready[1],
+                peer_behind: self.behind[node],
+                in_sync: connected && self.ready[0] && self.ready[1] && self.behind == [false; 2],
             },
         })
     }
@@ -717,7 +723,18 @@ impl Sim {
     fn model_volumes(&mut self) {
         let connected =
             self.nodes.iter().all(Option::is_some) && self.links[0][0] && self.links[0][1];
+        self.connected_ms = if connected {
+            self.connected_ms + STEP_MS
+        } else {
+            0
+        };
         for node in 0..2 {
+            if self.up[node][0] && !connected {
+                self.behind[node] = true;
+            }
+            if self.connected_ms >= 1000 {
+                self.behind[node] = false;
+            }
             if connected && !self.ready[node] && self.ready[1 - node] {
                 self.resync_ms[node] += STEP_MS;
                 if self.resync_ms[node] >= 1000 {

@@ -440,9 +440,11 @@ impl Context {
             })
     }
 
-    /// The groups' volumes against the peer's, for the witness: the peer is behind when a
-    /// volume is primary here and not connected, established and `up_to_date` on both sides;
-    /// in sync when every volume is.
+    /// The groups' volumes against the peer's, for the witness and the peer: the peer is
+    /// behind when a volume is primary here and not connected, established and `up_to_date` on
+    /// both sides, or `up_to_date` here with blocks the peer lacks (written while apart, until
+    /// a resync sends them; not as a resync target); in sync when every volume is connected,
+    /// established and `up_to_date` on both sides.
     async fn replication(&self) -> Replication {
         let volumes = self.daemon.volumes.read().await;
         let statuses: Vec<_> = self
@@ -465,10 +467,12 @@ impl Context {
                 && s.peer_disk == DiskState::UpToDate
         };
         Replication {
-            peer_behind: statuses
-                .iter()
-                .flatten()
-                .any(|s| s.role == Role::Primary && !synced(s)),
+            peer_behind: statuses.iter().flatten().any(|s| {
+                (s.role == Role::Primary && !synced(s))
+                    || (s.disk == DiskState::UpToDate
+                        && s.out_of_sync_bytes > 0
+                        && s.replication != engine::state::ReplState::SyncTarget)
+            }),
             in_sync: statuses.iter().all(|s| s.as_ref().is_some_and(synced)),
         }
     }

@@ -129,14 +129,18 @@ impl VolumePair {
             .is_some_and(|s| s.role == Role::Primary)
     }
 
-    /// Whether `node` is primary and its peer misses writes (not connected, established and
-    /// `up_to_date`).
+    /// Whether `node`'s peer misses writes, as the daemon tells the witness and the peer:
+    /// `node` is primary and not connected, established and `up_to_date` on both sides, or it
+    /// is `up_to_date` with blocks out of sync (not as a resync target).
     pub fn peer_behind(&self, node: usize) -> bool {
         self.cluster.status(node).is_some_and(|s| {
-            s.role == Role::Primary
-                && !(s.connection == ConnState::Connected
-                    && s.replication == ReplState::Established
-                    && s.peer_disk == DiskState::UpToDate)
+            let synced = s.connection == ConnState::Connected
+                && s.replication == ReplState::Established
+                && s.peer_disk == DiskState::UpToDate;
+            (s.role == Role::Primary && !synced)
+                || (s.disk == DiskState::UpToDate
+                    && s.out_of_sync_bytes > 0
+                    && s.replication != ReplState::SyncTarget)
         })
     }
 

@@ -200,6 +200,46 @@ fn a_switch_to_a_node_that_is_not_up_to_date_is_refused_unless_forced() {
 }
 
 #[test]
+fn a_switch_to_a_node_that_missed_writes_is_refused_until_it_resynced() {
+    let mut sim = started();
+    // Replication (link 0) cut while alpha runs: beta's volume still says `up_to_date`, but
+    // alpha tells it (over link 1) that it misses writes.
+    sim.set_link(0, 0, false);
+    sim.set_link(0, 1, false);
+    sim.run_for(2000).expect("checks");
+    let switch = |sim: &mut Sim| {
+        sim.command(
+            1,
+            Command::Switch {
+                group: "web".into(),
+                to: "beta".into(),
+                force: false,
+            },
+        )
+    };
+    let refused = switch(&mut sim).expect_err("refused");
+    assert!(
+        refused.contains("beta's volumes miss writes made on alpha"),
+        "{refused}"
+    );
+    // Alpha stops (the operator's stop): beta still may not start with outdated data.
+    sim.command(1, Command::Stop("web".into())).expect("stop");
+    sim.command(1, Command::Start("web".into())).expect("start");
+    assert!(sim.run_until(5000, |s| runs_on(s, 0)).expect("checks"));
+    let (_, _, reason) = sim.group_state(1).expect("beta runs");
+    assert!(
+        reason.contains("miss writes made on alpha"),
+        "beta says: {reason}"
+    );
+    // Replication back: after the resync the switch goes through.
+    sim.set_link(0, 0, true);
+    sim.set_link(0, 1, true);
+    sim.run_for(2000).expect("checks");
+    switch(&mut sim).expect("switch after the resync");
+    assert!(sim.run_until(10_000, |s| runs_on(s, 1)).expect("checks"));
+}
+
+#[test]
 fn maintenance_suppresses_monitors_and_failover() {
     let mut sim = started();
     sim.command(0, Command::Maintenance(true))
