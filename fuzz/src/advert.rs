@@ -43,6 +43,7 @@ pub fn sample_adverts() -> Vec<Advert> {
             maintenance: (7, true),
             fenced: false,
             peer_behind: true,
+            generation: 0xfeed_f00d,
             groups: vec![running, failed, GroupAdvert::default()],
         },
         Advert {

@@ -692,11 +692,16 @@ fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
     setup.wait_status("the cluster to converge", |s| {
         let alpha = s("alpha");
         let beta = s("beta");
+        // Resynced: the catch-up of what alpha wrote alone has ended on both sides (a cut
+        // during it would rightly leave beta outdated).
         group_is(&alpha, "alpha", "running")
             && group_is(&beta, "alpha", "running")
             && beta["volumes"][0]["disk"] == "up_to_date"
             && beta["volumes"][0]["connection"] == "connected"
             && alpha["volumes"][0]["peer_disk"] == "up_to_date"
+            && alpha["volumes"][0]["replication"] == "established"
+            && beta["volumes"][0]["replication"] == "established"
+            && alpha["volumes"][0]["out_of_sync_bytes"] == 0
     });
     let samples = sampler.finish(&setup);
     eprintln!(

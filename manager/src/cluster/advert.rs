@@ -4,13 +4,13 @@
 //! replayed one says nothing.
 //!
 //! Layout (integers little-endian): configuration fingerprint u32, flags u8 (1 sees the peer
-//! alive, 2 maintenance, 4 fenced, 8 the receiver misses writes), maintenance sequence u32, group count u8, then per group
-//! 8 bytes: intent sequence u32, intent flags u8 (1 enabled, 2 forced), intent target u8
+//! alive, 2 maintenance, 4 fenced, 8 the receiver misses writes), maintenance sequence u32,
+//! group count u8, the generation of the sender's data u64, then per group 8 bytes: intent sequence u32, intent flags u8 (1 enabled, 2 forced), intent target u8
 //! (0xff: none), phase u8, flags u8 (1 ready, 2 blocked).
 
 /// At most this many groups (the configuration check refuses more).
 pub const GROUPS_MAX: usize = 32;
-const HEAD_BYTES: usize = 10;
+const HEAD_BYTES: usize = 18;
 const GROUP_BYTES: usize = 8;
 /// Bytes of the largest advert.
 pub const ADVERT_BYTES_MAX: usize = HEAD_BYTES + GROUPS_MAX * GROUP_BYTES;
@@ -98,8 +98,11 @@ pub struct Advert {
     /// The sender lost arbitration and stopped its groups.
     pub fenced: bool,
     /// The sender's volumes hold writes the receiver's lack (DRBD's outdated peer): the
-    /// receiver may not start them until a resync, unless forced.
+    /// receiver may not start them until a resync gave it [`Advert::generation`], unless
+    /// forced.
     pub peer_behind: bool,
+    /// The generation of the sender's data (see `core::Replication::generation`).
+    pub generation: u64,
     /// Per configured group, in configuration order.
     pub groups: Vec<GroupAdvert>,
 }
@@ -128,6 +131,7 @@ impl Advert {
         out.push(flags);
         out.extend_from_slice(&self.maintenance.0.to_le_bytes());
         out.push(u8::try_from(groups.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&self.generation.to_le_bytes());
         for group in groups {
             out.extend_from_slice(&group.intent.seq.to_le_bytes());
             out.push(u8::from(group.intent.enabled) | u8::from(group.intent.force) << 1);
@@ -182,6 +186,7 @@ impl Advert {
             maintenance: (u32_at(head, 5), flags & 2 != 0),
             fenced: flags & 4 != 0,
             peer_behind: flags & 8 != 0,
+            generation: u64::from_le_bytes(head[10..18].try_into().expect("eight bytes")),
             groups,
         })
     }
@@ -198,6 +203,7 @@ mod tests {
             maintenance: (7, true),
             fenced: false,
             peer_behind: true,
+            generation: 0x0102_0304_0506_0708,
             groups: vec![
                 GroupAdvert {
                     intent: Intent {

@@ -162,11 +162,14 @@ pub enum Action {
 /// This node's volumes against the peer's, as the witness is told.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Replication {
-    /// A volume is primary here and the peer's misses writes (not connected, established and
-    /// `up_to_date`).
+    /// This node has writes the peer's volumes lack (a volume primary and not connected,
+    /// established and `up_to_date`, or blocks out of sync not yet resynced).
     pub peer_behind: bool,
     /// Every volume is connected to the peer's, both `up_to_date`.
     pub in_sync: bool,
+    /// The generation of this node's data: a hash of its volumes' current generations (the
+    /// same on both nodes once a resync caught up; 0: no volumes).
+    pub generation: u64,
 }
 
 /// An event for the alert command.
@@ -417,6 +420,7 @@ impl Cluster {
             maintenance: self.maintenance,
             fenced: self.fenced,
             peer_behind: self.replication.peer_behind,
+            generation: self.replication.generation,
             groups: self
                 .groups
                 .iter()
@@ -929,9 +933,13 @@ impl Cluster {
     }
 
     /// The peer said that this node's volumes miss writes made there (its last word, also
-    /// once it is lost).
+    /// once it is lost), and no resync has given this node its data since (the generations
+    /// differ).
     fn behind_peer(&self) -> bool {
-        self.peer.advert.as_ref().is_some_and(|a| a.peer_behind)
+        self.peer
+            .advert
+            .as_ref()
+            .is_some_and(|a| a.peer_behind && a.generation != self.replication.generation)
     }
 
     fn peer_group(&self, group: usize) -> Option<&GroupAdvert> {

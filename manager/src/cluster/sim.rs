@@ -130,6 +130,9 @@ pub struct Sim {
     /// cut), until one second connected (a resync).
     behind: [bool; 2],
     connected_ms: u64,
+    /// Per node: the generation of its modelled data (a new one when it writes apart; the
+    /// writer's after a resync).
+    generation: [u64; 2],
     /// Per link and direction (from node): passes beats.
     links: [[bool; 2]; LINKS],
     /// Per node: reaches the witness.
@@ -214,6 +217,7 @@ impl Sim {
             resync_ms: [0; 2],
             behind: [false; 2],
             connected_ms: 0,
+            generation: [1; 2],
             links: [[true; 2]; LINKS],
             witness_reach: [true; 2],
             // A witness that has been up for long: no restart grace.
@@ -617,6 +621,7 @@ impl Sim {
                         let claims = Claims {
                             peer_behind: replication.peer_behind,
                             in_sync: replication.in_sync,
+                            generation: replication.generation,
                             force,
                         };
                         match self
@@ -710,10 +715,12 @@ impl Sim {
             Some(volumes) => Replication {
                 peer_behind: volumes.peer_behind(node),
                 in_sync: volumes.in_sync_from(node),
+                generation: volumes.generation(node),
             },
             None => Replication {
                 peer_behind: self.behind[node],
                 in_sync: connected && self.ready[0] && self.ready[1] && self.behind == [false; 2],
+                generation: self.generation[node],
             },
         })
     }
@@ -729,11 +736,13 @@ impl Sim {
             0
         };
         for node in 0..2 {
-            if self.up[node][0] && !connected {
+            if self.up[node][0] && !connected && !self.behind[node] {
                 self.behind[node] = true;
+                self.generation[node] = self.generation[0].max(self.generation[1]) + 1;
             }
-            if self.connected_ms >= 1000 {
+            if self.connected_ms >= 1000 && self.behind[node] {
                 self.behind[node] = false;
+                self.generation[1 - node] = self.generation[node];
             }
             if connected && !self.ready[node] && self.ready[1 - node] {
                 self.resync_ms[node] += STEP_MS;

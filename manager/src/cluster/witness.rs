@@ -13,13 +13,14 @@
 //! cluster are remembered; a request beyond them is rejected, not stored. A lease length
 //! outside `min_lease_ms..=max_lease_ms` is rejected.
 //!
-//! Outdated data: an acquire says whether the asker runs with its peer behind (its volumes
-//! are primary and not in sync with the peer's). A grant with that claim, or a forced one (the
-//! operator chose that node's data), makes the asker the only node with current data: every
-//! other node is refused ([`Verdict::Outdated`]), even once the lease is free, until a grant
-//! to a node in sync with its peer (connected, both `up_to_date`: the peer caught up). A node
-//! that missed writes must not take over from a node that made them (DRBD's fence-peer,
-//! through the witness); a node in sync with the current one has its data, and is granted.
+//! Outdated data: an acquire says whether the asker has writes its peer lacks, and the
+//! generation of its data (a hash of its volumes' current generations). A grant with that
+//! claim, or a forced one (the operator chose that node's data), records the asker and its
+//! generation as the current data: every other node is refused ([`Verdict::Outdated`]), even
+//! once the lease is free, unless it has that generation too (a resync gave it the data), asks
+//! in sync with its peer (connected, both `up_to_date`), or is forced; a grant in sync clears
+//! the record. A node that missed writes must not take over from a node that made them
+//! (DRBD's fence-peer, through the witness).
 //!
 //! Restart: the witness keeps nothing on disk, so for [`Limits::restart_grace_ms`] (by
 //! default the longest lease) after it starts it grants nothing ([`Verdict::Restarting`]):
@@ -117,6 +118,8 @@ pub struct Claims {
     pub peer_behind: bool,
     /// The asker's volumes are connected to the peer's and both `up_to_date`.
     pub in_sync: bool,
+    /// The generation of the asker's data (0: no volumes).
+    pub generation: u64,
     /// The operator forced this node's data: grant even if it is outdated.
     pub force: bool,
 }
@@ -186,8 +189,8 @@ struct ClusterState {
     holder: Option<String>,
     epoch: u64,
     expires_at_ms: u64,
-    /// The only node with current data (its peer is behind), if so.
-    current: Option<String>,
+    /// The node with the current data and that data's generation, if its peer is behind.
+    current: Option<(String, u64)>,
     /// Per node, the newest (boot, seq) taken.
     clients: BTreeMap<String, (u64, u64)>,
 }
@@ -236,8 +239,9 @@ impl LeaseTable {
                 remaining_ms: grace_until - now_ms,
             };
         }
-        if let Some(current) = &state.current
+        if let Some((current, generation)) = &state.current
             && current != node
+            && *generation != claims.generation
             && !claims.force
             && !claims.in_sync
         {
@@ -265,7 +269,7 @@ impl LeaseTable {
             }
         }
         if claims.peer_behind || claims.force {
-            state.current = Some(node.to_string());
+            state.current = Some((node.to_string(), claims.generation));
         } else if claims.in_sync {
             state.current = None;
         }
@@ -351,7 +355,8 @@ impl LeaseTable {
 
     /// The only node of `cluster` with current data, if the witness was told so.
     pub fn current(&self, cluster: &str) -> Option<&str> {
-        self.clusters.get(cluster)?.current.as_deref()
+        let (node, _) = self.clusters.get(cluster)?.current.as_ref()?;
+        Some(node)
     }
 
     /// The epoch of `cluster`'s lease (0: never granted).

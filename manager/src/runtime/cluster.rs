@@ -383,6 +383,7 @@ fn carry_out(
                 let claims = crate::cluster::witness::Claims {
                     peer_behind: replication.peer_behind,
                     in_sync: replication.in_sync,
+                    generation: replication.generation,
                     force,
                 };
                 let verdict = context.arbitrate(lease_ms, claims, timeout).await;
@@ -466,7 +467,16 @@ impl Context {
                 && s.disk == DiskState::UpToDate
                 && s.peer_disk == DiskState::UpToDate
         };
+        // Volumes in configuration order, each current generation folded in.
+        let generation = statuses.iter().fold(0u64, |hash, status| {
+            let current = status
+                .as_ref()
+                .and_then(|s| s.generations)
+                .map_or(0, |g| g.current.0);
+            hash.rotate_left(17) ^ current.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        });
         Replication {
+            generation,
             peer_behind: statuses.iter().flatten().any(|s| {
                 (s.role == Role::Primary && !synced(s))
                     || (s.disk == DiskState::UpToDate

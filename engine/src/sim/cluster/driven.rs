@@ -144,6 +144,14 @@ impl VolumePair {
         })
     }
 
+    /// The current generation of `node`'s data (0 while it is down).
+    pub fn generation(&self, node: usize) -> u64 {
+        self.cluster
+            .status(node)
+            .and_then(|s| s.generations)
+            .map_or(0, |g| g.current.0)
+    }
+
     /// Whether `node` sees itself connected, established and both sides `up_to_date`.
     pub fn in_sync_from(&self, node: usize) -> bool {
         self.cluster.status(node).is_some_and(|s| {

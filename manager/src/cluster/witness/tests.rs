@@ -289,17 +289,24 @@ fn the_witness_answers_authentic_requests_and_drops_the_rest() {
 #[test]
 fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
     let mut table = table();
-    let plain = Claims::default();
+    // alpha's data is generation 2 once it writes without beta; beta's stays 1.
+    let plain = Claims {
+        generation: 1,
+        ..Claims::default()
+    };
     let behind = Claims {
         peer_behind: true,
+        generation: 2,
         ..Claims::default()
     };
     let forced = Claims {
         force: true,
+        generation: 1,
         ..Claims::default()
     };
     let in_sync = Claims {
         in_sync: true,
+        generation: 2,
         ..Claims::default()
     };
     let outdated = |current: &str, epoch| Verdict::Outdated {
@@ -324,8 +331,12 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
     );
     // Still once alpha is no longer primary (it has the writes beta missed), and once its
     // lease expired or was released.
+    let alpha_plain = Claims {
+        generation: 2,
+        ..Claims::default()
+    };
     assert_eq!(
-        table.acquire("t", "alpha", 1000, plain, 1200),
+        table.acquire("t", "alpha", 1000, alpha_plain, 1200),
         granted(1, 1000)
     );
     assert_eq!(table.current("t"), Some("alpha"));
@@ -365,10 +376,13 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
         granted(4, 1000)
     );
     assert_eq!(table.current("t"), Some("alpha"));
-    // A node in sync with the current one has its data: it may run, and clears the mark
-    // (which the current node, not running, would not renew).
+    // A node in sync with the current one has its data: it may run, and clears the mark.
+    let beta_behind_forced = Claims {
+        generation: 2,
+        ..Claims::default()
+    };
     assert_eq!(
-        table.acquire("t", "beta", 1000, plain, 11_000),
+        table.acquire("t", "beta", 1000, beta_behind_forced, 11_000),
         outdated("alpha", 4)
     );
     assert_eq!(
@@ -376,6 +390,28 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
         granted(5, 1000)
     );
     assert_eq!(table.current("t"), None);
+    // So does a node that got the current generation in a resync and asks later, alone:
+    // alpha ran alone (generation 2), stopped, resynced beta and died without asking again.
+    assert_eq!(
+        table.acquire("t", "alpha", 1000, behind, 20_000),
+        granted(6, 1000)
+    );
+    assert_eq!(
+        table.release("t", "alpha", 20_500),
+        Verdict::Released { epoch: 6 }
+    );
+    assert_eq!(
+        table.acquire("t", "beta", 1000, plain, 21_000),
+        outdated("alpha", 6)
+    );
+    let resynced = Claims {
+        generation: 2,
+        ..Claims::default()
+    };
+    assert_eq!(
+        table.acquire("t", "beta", 1000, resynced, 30_000),
+        granted(7, 1000)
+    );
 }
 
 // The codec.
@@ -393,6 +429,7 @@ fn sample_request() -> Request {
             peer_behind: true,
             force: false,
             in_sync: true,
+            generation: 0x1122_3344_5566_7788,
         },
     }
 }
@@ -427,7 +464,7 @@ fn requests_round_trip_and_names_are_checked() {
     for kind in [Kind::Acquire, Kind::Release] {
         ask.kind = kind;
         let packet = key.encode_request(&ask).expect("valid");
-        assert_eq!(packet.len(), 48 + 4 + 5 + 32);
+        assert_eq!(packet.len(), 56 + 4 + 5 + 32);
         assert_eq!(decode_request(&KEY, &packet), Ok(ask.clone()));
     }
     let longest = Request {

@@ -3,7 +3,7 @@
 //! without the key can neither ask for a lease nor forge an answer (S9). Hand-framed; decoding
 //! is a pure function of the bytes (and the key) and never panics.
 //!
-//! Request (integers little-endian), 82..=208 bytes:
+//! Request (integers little-endian), 90..=216 bytes:
 //!
 //! | bytes      | field                                                       |
 //! |------------|-------------------------------------------------------------|
@@ -17,7 +17,8 @@
 //! | 24..32     | client nonce (echoed by the answer)                         |
 //! | 32..40     | lease ms (0 for a release)                                  |
 //! | 40..48     | claims: bit 0 peer behind, 1 forced, 2 in sync; no other    |
-//! | 48..48+c   | cluster name (UTF-8, in clear: the witness derives the key) |
+//! | 48..56     | the generation of the asker's data                          |
+//! | 56..56+c   | cluster name (UTF-8, in clear: the witness derives the key) |
 //! | then `n`   | node name (UTF-8)                                           |
 //! | last 32    | HMAC-SHA256 over every byte before it                       |
 //!
@@ -48,7 +49,7 @@ const REQUEST_MAGIC: &[u8; 4] = b"TNWR";
 const RESPONSE_MAGIC: &[u8; 4] = b"TNWA";
 const VERSION: u8 = 2;
 const TAG_BYTES: usize = 32;
-const REQUEST_HEADER: usize = 48;
+const REQUEST_HEADER: usize = 56;
 const RESPONSE_HEADER: usize = 32;
 /// The longest cluster or node name, in bytes.
 pub const MAX_NAME_BYTES: usize = 64;
@@ -205,6 +206,7 @@ impl WitnessKey {
             request.nonce,
             request.lease_ms,
             claims,
+            request.claims.generation,
         ] {
             packet.extend_from_slice(&value.to_le_bytes());
         }
@@ -353,6 +355,7 @@ pub fn decode_request(cluster_key: &[u8; 32], packet: &[u8]) -> Result<Request, 
             peer_behind: claims & 1 != 0,
             force: claims & 2 != 0,
             in_sync: claims & 4 != 0,
+            generation: word(packet, 48),
         },
     })
 }
