@@ -18,6 +18,7 @@ pub mod journal;
 pub mod metadata;
 pub mod nbd;
 pub mod peer_message;
+pub mod quorum;
 pub mod witness;
 
 /// One fuzz target.
@@ -34,7 +35,7 @@ pub struct Target {
 }
 
 /// Every target.
-pub const TARGETS: [Target; 12] = [
+pub const TARGETS: [Target; 13] = [
     Target {
         name: "frame",
         run: frame::frame,
@@ -106,6 +107,12 @@ pub const TARGETS: [Target; 12] = [
         run: witness::witness,
         seeds: witness::seeds,
         max_len: 1024,
+    },
+    Target {
+        name: "quorum",
+        run: quorum::quorum,
+        seeds: quorum::seeds,
+        max_len: 512,
     },
 ];
 

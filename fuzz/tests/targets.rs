@@ -29,6 +29,11 @@ fn run(name: &str, generated: usize) {
 }
 
 #[test]
+fn quorum() {
+    run("quorum", 5000);
+}
+
+#[test]
 fn frame() {
     run("frame", 3000);
 }

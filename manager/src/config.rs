@@ -58,6 +58,9 @@ pub struct Config {
 pub struct ArbitrationSection {
     /// The witness (`tandem witness`), `host:port`.
     pub witness: Option<String>,
+    /// The quorum disk (仲裁盘): a device (or file) both nodes can read and write; its first
+    /// 8 KiB hold the lease. Instead of a witness, not with one.
+    pub quorum_disk: Option<PathBuf>,
     /// Reference IPs (参考IP): a node that reaches none of them may not run the groups.
     #[serde(default)]
     pub reference_ips: Vec<String>,
@@ -110,6 +113,13 @@ impl Config {
 
     fn validate_arbitration(&self) -> Result<(), String> {
         let section = &self.arbitration;
+        if section.witness.is_some() && section.quorum_disk.is_some() {
+            // Two lease holders could each grant a different node.
+            return Err(
+                "arbitration: a witness or a quorum_disk, not both (each would grant its own lease)"
+                    .to_string(),
+            );
+        }
         if let Some(witness) = &section.witness
             && witness.parse::<std::net::SocketAddr>().is_err()
         {
@@ -734,6 +744,12 @@ beta = "/tmp/beta.img"
                     "nbd_port = 10809\nlogical_block_size = 1024",
                 ),
                 "logical_block_size = 1024 (512 or 4096)",
+            ),
+            (
+                format!(
+                    "{GOOD}[arbitration]\nwitness = \"10.0.0.3:7790\"\nquorum_disk = \"/dev/sdq\"\n"
+                ),
+                "a witness or a quorum_disk, not both",
             ),
         ];
         for (text, expected) in cases {

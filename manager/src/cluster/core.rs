@@ -324,6 +324,9 @@ pub struct Cluster {
     fenced: bool,
     /// This node's volumes against the peer's.
     replication: Replication,
+    /// A generation the peer marked as current that this node has had: the mark is old news
+    /// (this node's own writes since are newer).
+    mark_had: Option<u64>,
     actions: Vec<Action>,
     advert_changed: bool,
 }
@@ -395,6 +398,7 @@ impl Cluster {
             maintenance: (0, false),
             fenced: false,
             replication: Replication::default(),
+            mark_had: None,
             actions: Vec::new(),
             advert_changed: true,
         };
@@ -501,6 +505,12 @@ impl Cluster {
     /// This node's volumes against the peer's. When the peer falls behind, the active node
     /// tells the arbiter at once, so that the peer cannot take over with outdated data.
     pub fn set_replication(&mut self, now_ms: u64, replication: Replication) {
+        if let Some(advert) = &self.peer.advert
+            && advert.peer_behind
+            && advert.generation == replication.generation
+        {
+            self.mark_had = Some(advert.generation);
+        }
         if self.replication != replication {
             self.replication = replication;
             self.lease.next_ms = now_ms;
@@ -936,10 +946,11 @@ impl Cluster {
     /// once it is lost), and no resync has given this node its data since (the generations
     /// differ).
     fn behind_peer(&self) -> bool {
-        self.peer
-            .advert
-            .as_ref()
-            .is_some_and(|a| a.peer_behind && a.generation != self.replication.generation)
+        self.peer.advert.as_ref().is_some_and(|a| {
+            a.peer_behind
+                && a.generation != self.replication.generation
+                && Some(a.generation) != self.mark_had
+        })
     }
 
     fn peer_group(&self, group: usize) -> Option<&GroupAdvert> {

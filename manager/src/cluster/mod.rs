@@ -7,6 +7,7 @@ pub mod beat;
 pub mod core;
 pub mod group;
 pub mod heartbeat;
+pub mod quorum;
 #[cfg(test)]
 pub mod sim;
 

@@ -18,8 +18,8 @@
 //! claim, or a forced one (the operator chose that node's data), records the asker and its
 //! generation as the current data: every other node is refused ([`Verdict::Outdated`]), even
 //! once the lease is free, unless it has that generation too (a resync gave it the data), asks
-//! in sync with its peer (connected, both `up_to_date`), or is forced; a grant in sync clears
-//! the record. A node that missed writes must not take over from a node that made them
+//! in sync with its peer (connected, both `up_to_date`), or is forced; a grant in sync or with
+//! that generation clears the record (the asker's own writes are newer). A node that missed writes must not take over from a node that made them
 //! (DRBD's fence-peer, through the witness).
 //!
 //! Restart: the witness keeps nothing on disk, so for [`Limits::restart_grace_ms`] (by
@@ -268,9 +268,14 @@ impl LeaseTable {
                 state.expires_at_ms = now_ms.saturating_add(lease_ms);
             }
         }
+        let has_current = state
+            .current
+            .as_ref()
+            .is_some_and(|(_, generation)| *generation == claims.generation);
         if claims.peer_behind || claims.force {
             state.current = Some((node.to_string(), claims.generation));
-        } else if claims.in_sync {
+        } else if claims.in_sync || has_current {
+            // The asker has the current data: what it writes from now on is newer still.
             state.current = None;
         }
         Verdict::Granted {

@@ -23,6 +23,7 @@ use crate::cluster::core::{
 };
 use crate::cluster::group::ResourceSection;
 use crate::cluster::heartbeat::{HeartbeatTiming, Heartbeats};
+use crate::cluster::quorum::Verdict as QuorumVerdict;
 use crate::config::{Config, Frontend};
 use crate::status::{ArbitrationReport, GroupReport, ResourceReport};
 
@@ -120,7 +121,9 @@ pub fn spec(config: &Config, me: usize) -> ClusterSpec {
         },
         // Reference IPs alone are an arbiter too: the runtime grants the "lease" only while one
         // of them answers, so a node cut off from them neither takes over nor keeps running.
-        arbiter: config.witness().is_some() || !config.arbitration.reference_ips.is_empty(),
+        arbiter: config.witness().is_some()
+            || config.arbitration.quorum_disk.is_some()
+            || !config.arbitration.reference_ips.is_empty(),
         takeover_without_arbiter: config.arbitration.takeover_without_arbiter,
     }
 }
@@ -175,6 +178,7 @@ struct Context {
     resources: Vec<Vec<ResourceSection>>,
     alerts: Arc<Semaphore>,
     witness: Option<tokio::sync::Mutex<WitnessClient>>,
+    quorum: Option<super::quorum::QuorumClient>,
 }
 
 impl Prepared {
@@ -230,6 +234,11 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
         }
         None => None,
     };
+    let quorum = config.arbitration.quorum_disk.as_ref().and_then(|path| {
+        super::quorum::QuorumClient::open(path, &config.cluster.name, index, lease_ms)
+            .map_err(|error| tracing::error!("{error}"))
+            .ok()
+    });
     let context = Arc::new(Context {
         resources: config
             .groups
@@ -246,6 +255,7 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
         daemon,
         alerts: Arc::new(Semaphore::new(ALERTS_MAX)),
         witness,
+        quorum,
     });
     let (events, mut event_rx) = mpsc::channel::<Event>(256);
     loop {
@@ -397,10 +407,22 @@ fn carry_out(
         }
         Action::Release => {
             tokio::spawn(async move {
-                if let Some(witness) = &context.witness {
-                    let timeout = Duration::from_millis((interval_ms / 2).max(50));
-                    if let Err(error) = witness.lock().await.release(timeout).await {
-                        tracing::debug!("witness release: {error}");
+                let timeout = Duration::from_millis((interval_ms / 2).max(50));
+                if let Some(witness) = &context.witness
+                    && let Err(error) = witness.lock().await.release(timeout).await
+                {
+                    tracing::debug!("witness release: {error}");
+                }
+                if let Some(quorum) = &context.quorum {
+                    let replication = context.replication().await;
+                    let claims = crate::cluster::witness::Claims {
+                        peer_behind: replication.peer_behind,
+                        in_sync: replication.in_sync,
+                        generation: replication.generation,
+                        force: false,
+                    };
+                    if let Err(error) = quorum.release(claims, timeout).await {
+                        tracing::debug!("quorum disk release: {error}");
                     }
                 }
             });
@@ -421,6 +443,9 @@ impl Context {
         }
         if let Some(witness) = &self.config.arbitration.witness {
             arbiters.push(format!("witness {witness}"));
+        }
+        if let Some(disk) = &self.config.arbitration.quorum_disk {
+            arbiters.push(format!("quorum disk {}", disk.display()));
         }
         arbiters
     }
@@ -683,7 +708,8 @@ impl Context {
     }
 
     /// Asks the arbiters: a node that reaches none of the reference IPs may not run; then the
-    /// witness decides. Without a witness, reaching a reference IP is enough.
+    /// witness or the quorum disk decides. Without either, reaching a reference IP is enough.
+    /// A configured witness or quorum disk that could not be set up at start grants nothing.
     async fn arbitrate(
         &self,
         lease_ms: u64,
@@ -703,8 +729,37 @@ impl Context {
                 return Verdict::Unreachable("no reference IP answers".to_string());
             }
         }
-        let Some(witness) = &self.witness else {
+        let peer = self
+            .config
+            .nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .find(|name| *name != self.daemon.node)
+            .unwrap_or_default();
+        if let Some(path) = &self.config.arbitration.quorum_disk {
+            let Some(quorum) = &self.quorum else {
+                return Verdict::Unreachable(format!(
+                    "quorum disk {} could not be opened at start (see the log)",
+                    path.display()
+                ));
+            };
+            return match quorum.acquire(claims, timeout).await {
+                Ok(QuorumVerdict::Granted) => Verdict::Granted,
+                Ok(QuorumVerdict::Refused) => Verdict::Refused { holder: peer },
+                Ok(QuorumVerdict::Outdated) => Verdict::Outdated { current: peer },
+                Ok(QuorumVerdict::Watching { remaining_ms }) => Verdict::Unreachable(format!(
+                    "quorum disk: watching {peer}'s slot for {remaining_ms} ms more after the start"
+                )),
+                Err(error) => Verdict::Unreachable(error),
+            };
+        }
+        if self.config.witness().is_none() {
             return Verdict::Granted;
+        }
+        let Some(witness) = &self.witness else {
+            return Verdict::Unreachable(
+                "the witness client could not start (see the log)".to_string(),
+            );
         };
         match witness
             .lock()

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod heartbeat;
 pub mod link;
 pub mod ping;
+pub mod quorum;
 pub mod split_brain;
 pub mod ublk;
 pub mod volume;

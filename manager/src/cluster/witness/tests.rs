@@ -329,14 +329,10 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
         table.acquire("t", "beta", 1000, plain, 900),
         outdated("alpha", 1)
     );
-    // Still once alpha is no longer primary (it has the writes beta missed), and once its
-    // lease expired or was released.
-    let alpha_plain = Claims {
-        generation: 2,
-        ..Claims::default()
-    };
+    // Still once alpha is no longer primary (it still has the writes beta missed and says
+    // so), and once its lease expired or was released.
     assert_eq!(
-        table.acquire("t", "alpha", 1000, alpha_plain, 1200),
+        table.acquire("t", "alpha", 1000, behind, 1200),
         granted(1, 1000)
     );
     assert_eq!(table.current("t"), Some("alpha"));
@@ -390,7 +386,8 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
         granted(5, 1000)
     );
     assert_eq!(table.current("t"), None);
-    // So does a node that got the current generation in a resync and asks later, alone:
+    // So does a node that got the current generation in a resync and asks later, alone; and
+    // what it writes then (a new generation) is not refused by the old mark:
     // alpha ran alone (generation 2), stopped, resynced beta and died without asking again.
     assert_eq!(
         table.acquire("t", "alpha", 1000, behind, 20_000),
@@ -412,6 +409,16 @@ fn a_node_that_ran_with_its_peer_behind_keeps_the_peer_out_until_it_resyncs() {
         table.acquire("t", "beta", 1000, resynced, 30_000),
         granted(7, 1000)
     );
+    let beta_alone = Claims {
+        peer_behind: true,
+        generation: 3,
+        ..Claims::default()
+    };
+    assert_eq!(
+        table.acquire("t", "beta", 1000, beta_alone, 30_500),
+        granted(7, 1000)
+    );
+    assert_eq!(table.current("t"), Some("beta"));
 }
 
 // The codec.
