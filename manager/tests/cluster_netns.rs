@@ -668,12 +668,11 @@ fn one_cut_heartbeat_link_causes_no_failover() {
     eprintln!("test 2 took {:.1} s", test_started.elapsed().as_secs_f64());
 }
 
-#[test]
-fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
-    let _serial = serial();
-    let test_started = Instant::now();
-    let setup = Setup::new("c3");
-    let sampler = Sampler::start(&setup, true, Duration::from_secs(120));
+/// Both alpha-beta links cut while the arbiter is reachable from both: alpha alone stays
+/// active (the VIP and the roles sampled throughout) and writes alone; beta is refused because
+/// of alpha. The links come back and the catch-up ends on both sides.
+fn partition_keeps_alpha_alone_active(setup: &Setup) {
+    let sampler = Sampler::start(setup, true, Duration::from_secs(120));
     setup.net.set_link(0, false);
     setup.net.set_link(1, false);
     let cut = Instant::now();
@@ -684,7 +683,7 @@ fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
                 .is_some_and(|nodes| nodes.iter().any(|x| x["reachable"] == false))
         })
     });
-    // Give beta time to ask the witness (and be refused) several times.
+    // Give beta time to ask the arbiter (and be refused) several times.
     while cut.elapsed() < DEAD_TIME + Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -698,7 +697,7 @@ fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
         beta_group["active_node"] != "beta" && beta_group["state"] == "stopped",
         "beta must not start: {beta}"
     );
-    // The witness refused beta because of alpha: alpha holds the lease, or (once alpha has
+    // The arbiter refused beta because of alpha: alpha holds the lease, or (once alpha has
     // told it that beta misses writes) beta's data is outdated.
     assert_eq!(beta["arbitration"]["lease_held"], false, "{beta}");
     let reason = beta_group["reason"].as_str().unwrap_or_default();
@@ -727,7 +726,7 @@ fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
             && beta["volumes"][0]["replication"] == "established"
             && alpha["volumes"][0]["out_of_sync_bytes"] == 0
     });
-    let samples = sampler.finish(&setup);
+    let samples = sampler.finish(setup);
     eprintln!(
         "partition: {} samples of both namespaces and both roles, never two",
         samples.count
@@ -737,6 +736,14 @@ fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
         setup.wait_serving("alpha", "/during-partition.txt"),
         "written while cut off"
     );
+}
+
+#[test]
+fn a_partition_with_the_witness_reachable_leaves_one_node_active() {
+    let _serial = serial();
+    let test_started = Instant::now();
+    let setup = Setup::new("c3");
+    partition_keeps_alpha_alone_active(&setup);
 
     // Cut again, and alpha loses the witness too: it cannot renew its lease and fences itself
     // (the group stopped, r0 demoted) before the lease runs out; only then does the witness
@@ -802,48 +809,7 @@ fn a_quorum_disk_keeps_one_node_active_in_a_partition_and_hands_over_after_a_kil
     let _serial = serial();
     let test_started = Instant::now();
     let mut setup = Setup::with("c6", Arbiter::QuorumDisk);
-    let sampler = Sampler::start(&setup, true, Duration::from_secs(120));
-    setup.net.set_link(0, false);
-    setup.net.set_link(1, false);
-    let cut = Instant::now();
-    setup.wait_status("each node to lose the other", |s| {
-        ["alpha", "beta"].iter().all(|n| {
-            s(n)["nodes"]
-                .as_array()
-                .is_some_and(|nodes| nodes.iter().any(|x| x["reachable"] == false))
-        })
-    });
-    // Give beta time to read alpha's slot (and be refused) several times.
-    while cut.elapsed() < DEAD_TIME + Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    let alpha = setup.status("alpha");
-    let beta = setup.status("beta");
-    assert!(group_is(&alpha, "alpha", "running"), "{alpha}");
-    assert_eq!(alpha["arbitration"]["lease_held"], true, "{alpha}");
-    assert_eq!(beta["arbitration"]["lease_held"], false, "{beta}");
-    let reason = beta["groups"][0]["reason"].as_str().unwrap_or_default();
-    assert!(
-        reason.contains("held by alpha") || reason.contains("alpha ran without this node"),
-        "beta's reason: {beta}"
-    );
-    assert_eq!(setup.wait_serving("alpha", "/data.txt"), setup.data);
-    setup.write_file("alpha", "during-partition.txt", "written while cut off");
-    setup.net.set_link(0, true);
-    setup.net.set_link(1, true);
-    setup.wait_status("the catch-up to end", |s| {
-        let alpha = s("alpha");
-        let beta = s("beta");
-        group_is(&alpha, "alpha", "running")
-            && alpha["volumes"][0]["replication"] == "established"
-            && beta["volumes"][0]["replication"] == "established"
-            && alpha["volumes"][0]["out_of_sync_bytes"] == 0
-    });
-    let samples = sampler.finish(&setup);
-    eprintln!(
-        "quorum disk partition: {} samples of both namespaces and both roles, never two",
-        samples.count
-    );
+    partition_keeps_alpha_alone_active(&setup);
     // alpha's daemon dies: its slot stops changing, and beta takes the lease a lease later.
     let killed = Instant::now();
     setup.cluster.kill_daemon("alpha");
