@@ -570,6 +570,27 @@ pub struct ReplicaStatus {
     pub split_brain_detail: Option<SplitBrainReport>,
 }
 
+impl ReplicaStatus {
+    /// Connected to the peer, replicating, and both disks `up_to_date`: each holds the other's
+    /// data.
+    pub fn in_sync(&self) -> bool {
+        self.connection == ConnState::Connected
+            && self.replication == ReplState::Established
+            && self.disk == DiskState::UpToDate
+            && self.peer_disk == DiskState::UpToDate
+    }
+
+    /// The peer misses writes made here: this node is primary and not in sync, or `up_to_date`
+    /// with blocks out of sync (written while apart, until a resync sends them; a resync
+    /// target's own out-of-sync blocks are what it lacks, not what the peer lacks).
+    pub fn peer_behind(&self) -> bool {
+        (self.role == Role::Primary && !self.in_sync())
+            || (self.disk == DiskState::UpToDate
+                && self.out_of_sync_bytes > 0
+                && self.replication != ReplState::SyncTarget)
+    }
+}
+
 /// Journal counters in status.
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct JournalStatusView {

@@ -172,6 +172,18 @@ pub struct Replication {
     pub generation: u64,
 }
 
+impl Replication {
+    /// What a lease request claims with this replication state.
+    pub fn claims(self, force: bool) -> super::witness::Claims {
+        super::witness::Claims {
+            peer_behind: self.peer_behind,
+            in_sync: self.in_sync,
+            generation: self.generation,
+            force,
+        }
+    }
+}
+
 /// An event for the alert command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Alert {

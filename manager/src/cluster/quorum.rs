@@ -212,7 +212,7 @@ impl QuorumDisk {
 
     /// Whether the peer's slot holds a live claim at `now_ms`: it holds, and its sequence
     /// number changed within the lease (or this node has not watched it that long).
-    pub fn peer_live(&self, now_ms: u64) -> bool {
+    fn peer_live(&self, now_ms: u64) -> bool {
         self.peer.is_some_and(|(slot, first_seen)| {
             slot.holds
                 && (now_ms.saturating_sub(first_seen) < self.lease_ms

@@ -29,7 +29,7 @@ use super::core::{
     ResourceSpec, Timing, Verdict,
 };
 use super::heartbeat::{Beat, HeartbeatTiming, Heartbeats};
-use super::witness::{Claims, LeaseTable, Limits, Verdict as WitnessVerdict};
+use super::witness::{LeaseTable, Limits, Verdict as WitnessVerdict};
 
 const STEP_MS: u64 = 5;
 const LINKS: usize = 2;
@@ -618,12 +618,7 @@ impl Sim {
                     let sent = self.now;
                     let verdict = if self.witness_reach[node] {
                         let name = ["alpha", "beta"][node];
-                        let claims = Claims {
-                            peer_behind: replication.peer_behind,
-                            in_sync: replication.in_sync,
-                            generation: replication.generation,
-                            force,
-                        };
+                        let claims = replication.claims(force);
                         match self
                             .witness
                             .acquire("sim", name, 3000, claims, self.now + delay / 2)

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
-use engine::replica::AdminCommand;
+use engine::replica::{AdminCommand, ReplicaStatus};
 use engine::state::{ConnState, DiskState, Role};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -390,13 +390,9 @@ fn carry_out(
         Action::Acquire { replication, force } => {
             tokio::spawn(async move {
                 let timeout = Duration::from_millis((interval_ms / 2).max(50));
-                let claims = crate::cluster::witness::Claims {
-                    peer_behind: replication.peer_behind,
-                    in_sync: replication.in_sync,
-                    generation: replication.generation,
-                    force,
-                };
-                let verdict = context.arbitrate(lease_ms, claims, timeout).await;
+                let verdict = context
+                    .arbitrate(lease_ms, replication.claims(force), timeout)
+                    .await;
                 let _ = events
                     .send(Event::Lease {
                         sent_ms: now_ms,
@@ -414,13 +410,7 @@ fn carry_out(
                     tracing::debug!("witness release: {error}");
                 }
                 if let Some(quorum) = &context.quorum {
-                    let replication = context.replication().await;
-                    let claims = crate::cluster::witness::Claims {
-                        peer_behind: replication.peer_behind,
-                        in_sync: replication.in_sync,
-                        generation: replication.generation,
-                        force: false,
-                    };
+                    let claims = context.replication().await.claims(false);
                     if let Err(error) = quorum.release(claims, timeout).await {
                         tracing::debug!("quorum disk release: {error}");
                     }
@@ -486,12 +476,6 @@ impl Context {
                     .and_then(|v| v.engine_status())
             })
             .collect();
-        let synced = |s: &engine::replica::ReplicaStatus| {
-            s.connection == ConnState::Connected
-                && s.replication == engine::state::ReplState::Established
-                && s.disk == DiskState::UpToDate
-                && s.peer_disk == DiskState::UpToDate
-        };
         // Volumes in configuration order, each current generation folded in.
         let generation = statuses.iter().fold(0u64, |hash, status| {
             let current = status
@@ -502,13 +486,10 @@ impl Context {
         });
         Replication {
             generation,
-            peer_behind: statuses.iter().flatten().any(|s| {
-                (s.role == Role::Primary && !synced(s))
-                    || (s.disk == DiskState::UpToDate
-                        && s.out_of_sync_bytes > 0
-                        && s.replication != engine::state::ReplState::SyncTarget)
-            }),
-            in_sync: statuses.iter().all(|s| s.as_ref().is_some_and(synced)),
+            peer_behind: statuses.iter().flatten().any(ReplicaStatus::peer_behind),
+            in_sync: statuses
+                .iter()
+                .all(|s| s.as_ref().is_some_and(ReplicaStatus::in_sync)),
         }
     }
 

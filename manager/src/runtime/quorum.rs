@@ -75,11 +75,6 @@ impl QuorumClient {
         })
     }
 
-    /// The device, for status.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Asks for (or renews) the lease. `Err`: the disk did not answer within `timeout`, or
     /// holds something that is not this cluster's slots.
     pub async fn acquire(&self, claims: Claims, timeout: Duration) -> Result<Verdict, String> {

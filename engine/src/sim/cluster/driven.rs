@@ -133,15 +133,7 @@ impl VolumePair {
     /// `node` is primary and not connected, established and `up_to_date` on both sides, or it
     /// is `up_to_date` with blocks out of sync (not as a resync target).
     pub fn peer_behind(&self, node: usize) -> bool {
-        self.cluster.status(node).is_some_and(|s| {
-            let synced = s.connection == ConnState::Connected
-                && s.replication == ReplState::Established
-                && s.peer_disk == DiskState::UpToDate;
-            (s.role == Role::Primary && !synced)
-                || (s.disk == DiskState::UpToDate
-                    && s.out_of_sync_bytes > 0
-                    && s.replication != ReplState::SyncTarget)
-        })
+        self.cluster.status(node).is_some_and(|s| s.peer_behind())
     }
 
     /// The current generation of `node`'s data (0 while it is down).
@@ -154,24 +146,12 @@ impl VolumePair {
 
     /// Whether `node` sees itself connected, established and both sides `up_to_date`.
     pub fn in_sync_from(&self, node: usize) -> bool {
-        self.cluster.status(node).is_some_and(|s| {
-            s.connection == ConnState::Connected
-                && s.replication == ReplState::Established
-                && s.disk == DiskState::UpToDate
-                && s.peer_disk == DiskState::UpToDate
-        })
+        self.cluster.status(node).is_some_and(|s| s.in_sync())
     }
 
     /// Both connected, established and `up_to_date` (clients may be writing).
     pub fn in_sync(&self) -> bool {
-        (0..2).all(|node| {
-            self.cluster.status(node).is_some_and(|s| {
-                s.connection == ConnState::Connected
-                    && s.replication == ReplState::Established
-                    && s.disk == DiskState::UpToDate
-                    && s.peer_disk == DiskState::UpToDate
-            })
-        })
+        (0..2).all(|node| self.in_sync_from(node))
     }
 
     /// Asks `node` to promote itself; the answer comes from [`VolumePair::advance_to`].
@@ -318,14 +298,7 @@ impl VolumePair {
     /// Whether the other node holds every write of `primary` at this moment.
     fn snapshot_holds(&mut self, primary: usize) {
         let other = 1 - primary;
-        let in_sync = |s: &crate::replica::ReplicaStatus| {
-            s.connection == ConnState::Connected
-                && s.replication == ReplState::Established
-                && s.disk == DiskState::UpToDate
-                && s.peer_disk == DiskState::UpToDate
-        };
-        let all = self.cluster.status(primary).is_some_and(|s| in_sync(&s))
-            && self.cluster.status(other).is_some_and(|s| in_sync(&s));
+        let all = self.in_sync_from(primary) && self.in_sync_from(other);
         self.holds[other] = if all { Holds::All } else { Holds::Unknown };
         self.holds[primary] = Holds::All;
     }
