@@ -28,6 +28,8 @@ use engine::types::{NodeId, SECTOR_BYTES};
 const ITERATIONS: u64 = 50;
 const BACKING_BYTES: u64 = 96 << 20;
 const WRITE_SECTORS_MAX: u64 = 128;
+/// How long the child may take to log the operations the parent waits for.
+const CHILD_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn params() -> LayoutParams {
     LayoutParams {
@@ -89,14 +91,14 @@ fn crash_child() {
     let (sender, receiver) = bounded(1);
     for id in 1.. {
         if prng.chance(1, 6) {
-            writeln!(log, "S {completed}").expect("log");
+            log_line(&mut log, &format!("S {completed}"));
             let sender = sender.clone();
             handle.submit(
                 ClientOp::Flush,
                 Box::new(move |result| sender.send(result).expect("wait")),
             );
             receiver.recv().expect("completion").expect("flush");
-            writeln!(log, "F {completed}").expect("log");
+            log_line(&mut log, &format!("F {completed}"));
             continue;
         }
         let sectors = prng.range_inclusive(1, WRITE_SECTORS_MAX);
@@ -122,8 +124,16 @@ fn crash_child() {
         );
         receiver.recv().expect("completion").expect("write");
         completed = id;
-        writeln!(log, "W {id} {first} {sectors} {}", u8::from(fua)).expect("log");
+        log_line(
+            &mut log,
+            &format!("W {id} {first} {sectors} {}", u8::from(fua)),
+        );
     }
+}
+
+/// Appends one line with a single `write` so that the parent never reads half of one.
+fn log_line(log: &mut std::fs::File, line: &str) {
+    log.write_all(format!("{line}\n").as_bytes()).expect("log");
 }
 
 fn volume_data_bytes(handle: &engine::runtime::VolumeHandle) -> u64 {
@@ -145,7 +155,18 @@ fn read_log(path: &Path) -> ChildLog {
     let Ok(file) = std::fs::File::open(path) else {
         return log;
     };
-    for line in std::io::BufReader::new(file).lines().map_while(Result::ok) {
+    let mut reader = std::io::BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => break,
+            Ok(_) if line.ends_with('\n') => {}
+            // A line still being written (or cut by the kill) is not an operation yet.
+            Ok(_) => break,
+            Err(error) => panic!("reading the child's log: {error}"),
+        }
+        let line = line.trim_end();
         let fields: Vec<u64> = line
             .split(' ')
             .skip(1)
@@ -298,19 +319,30 @@ fn sigkill_at_random_moments_loses_no_durable_write() {
             .expect("spawn child");
         // Kill once the child has logged a random number of operations (bounded wait).
         let target_lines = prng.range_inclusive(5, 400) as usize;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while read_log(&log_path).lines < target_lines && Instant::now() < deadline {
-            if child.try_wait().expect("poll child").is_some() {
-                panic!("child exited on its own in iteration {iteration}");
+        let started = Instant::now();
+        let mut seen = read_log(&log_path).lines;
+        while seen < target_lines {
+            if let Some(status) = child.try_wait().expect("poll child") {
+                panic!("child exited on its own ({status}) in iteration {iteration}");
+            }
+            if started.elapsed() > CHILD_PROGRESS_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "child logged {seen} of {target_lines} operations in {:?} (iteration {iteration})",
+                    started.elapsed()
+                );
             }
             std::thread::sleep(Duration::from_millis(2));
+            seen = read_log(&log_path).lines;
         }
         child.kill().expect("SIGKILL");
         child.wait().expect("reap");
         let log = read_log(&log_path);
         assert!(
-            log.lines >= target_lines,
-            "child made no progress in iteration {iteration}"
+            log.lines >= seen,
+            "the child's log shrank from {seen} to {} lines in iteration {iteration}",
+            log.lines
         );
         let records = check_journal(&path, &log);
         if records > 0 {
