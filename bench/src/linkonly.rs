@@ -41,7 +41,7 @@ struct LinkTarget {
 }
 
 impl Target for LinkTarget {
-    fn write(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
+    fn io(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (acked, ack) = bounded(1);
         lock(&self.waiting).insert(seq, acked);

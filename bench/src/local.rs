@@ -85,10 +85,11 @@ pub struct Schedule {
     pub measure: Duration,
 }
 
-/// Where a writer sends its writes.
+/// Where a writer sends its operations.
 pub trait Target: Sync {
-    /// Writes `data` at `offset` and waits for the completion.
-    fn write(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()>;
+    /// Performs one operation at `offset` and waits for its completion: a write of `data`, or
+    /// for a reader ([`RawReader`]) a read of as many bytes.
+    fn io(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()>;
 }
 
 /// Writes straight to the backing store (the same path the engine's I/O threads take: `pwrite`
@@ -97,7 +98,7 @@ pub trait Target: Sync {
 pub struct RawTarget(pub Backing);
 
 impl Target for RawTarget {
-    fn write(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
+    fn io(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
         let op = StorageOp::Write {
             offset,
             data: data.clone(),
@@ -110,6 +111,20 @@ impl Target for RawTarget {
     }
 }
 
+/// Reads from the backing store, as [`RawTarget`] writes to it (`pread` on the `O_DIRECT`
+/// descriptor): the read half of the store's limits.
+#[derive(Debug)]
+pub struct RawReader(pub Backing);
+
+impl Target for RawReader {
+    fn io(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
+        self.0
+            .read(offset, data.len() as u64)
+            .map_err(|errno| anyhow::anyhow!("raw read at {offset}: errno {}", errno.0))?;
+        Ok(())
+    }
+}
+
 /// Writes through a volume with [`VolumeHandle::submit_inline`]: the writer's thread executes
 /// the local storage write itself, then waits for the completion (which, on a replicated
 /// primary with protocol C, also waits for the peer's acknowledgement).
@@ -117,7 +132,7 @@ impl Target for RawTarget {
 pub struct EngineTarget(pub VolumeHandle);
 
 impl Target for EngineTarget {
-    fn write(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
+    fn io(&self, offset: u64, data: &IoBuf) -> anyhow::Result<()> {
         let (sender, receiver) = bounded(1);
         let op = ClientOp::Write {
             offset,
@@ -242,7 +257,7 @@ impl Writers<'_> {
                 .block(writer.wrapping_mul(7919).wrapping_add(step));
             step += 1;
             let begun = Instant::now();
-            let result = self.target.write(block * self.workload.block_bytes, data);
+            let result = self.target.io(block * self.workload.block_bytes, data);
             if let Err(error) = result {
                 self.failed.store(true, Ordering::Relaxed);
                 return Err(error);

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use engine::replica::ClientOp;
 use engine::runtime::{Completion, VolumeHandle};
 use serde_json::Value;
+use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 use ublk_target::nbd::{self, BlockBackend, ExportRegistry, ExportState, NbdLimits};
 
@@ -67,12 +68,15 @@ pub struct NbdServer {
 impl NbdServer {
     /// Serves the pair's primary on an ephemeral loopback port.
     pub fn start(pair: &Pair) -> anyhow::Result<Self> {
-        let handle = pair.primary();
+        Self::serve(pair.primary(), pair.primary_runtime())
+    }
+
+    /// Serves `handle`'s volume on an ephemeral loopback port, on `runtime`.
+    pub fn serve(handle: VolumeHandle, runtime: &Runtime) -> anyhow::Result<Self> {
         let size_bytes = handle.status().size_bytes;
         let exports = Arc::new(ExportRegistry::new());
         let backend = VolumeBackend { handle, size_bytes };
         exports.set(VOLUME_NAME, ExportState::Serving(Arc::new(backend)));
-        let runtime = pair.primary_runtime();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .context("listening for NBD")?;
@@ -125,15 +129,28 @@ pub fn run_fio(
     schedule: Schedule,
     data: DataKind,
 ) -> anyhow::Result<FioResult> {
+    run_fio_job(uri, workload, false, span_bytes, schedule, data)
+}
+
+/// Runs fio against `uri` as [`run_fio`] does, reading instead of writing if `read`.
+pub fn run_fio_job(
+    uri: &str,
+    workload: Workload,
+    read: bool,
+    span_bytes: u64,
+    schedule: Schedule,
+    data: DataKind,
+) -> anyhow::Result<FioResult> {
     let mut command = Command::new("fio");
     command.args([
         "--name=tandem-bench",
         "--ioengine=nbd",
         &format!("--uri={uri}"),
-        if workload.random {
-            "--rw=randwrite"
-        } else {
-            "--rw=write"
+        match (workload.random, read) {
+            (true, false) => "--rw=randwrite",
+            (false, false) => "--rw=write",
+            (true, true) => "--rw=randread",
+            (false, true) => "--rw=read",
         },
         &format!("--bs={}", workload.block_bytes),
         &format!("--iodepth={}", workload.queue_depth),
@@ -156,7 +173,7 @@ pub fn run_fio(
     };
     let deadline = schedule.warmup + schedule.measure + FIO_GRACE;
     let stdout = run_with_deadline(&mut command, deadline)?;
-    parse_fio(&stdout)
+    parse_fio(&stdout, if read { "read" } else { "write" })
 }
 
 /// Runs `command` and returns its standard output; kills it after `deadline`.
@@ -196,29 +213,30 @@ fn run_with_deadline(command: &mut Command, deadline: Duration) -> anyhow::Resul
     Ok(text)
 }
 
-/// Reads fio's JSON report (anything printed before the opening brace is skipped).
-fn parse_fio(stdout: &str) -> anyhow::Result<FioResult> {
+/// Reads the `direction` (`read` or `write`) of fio's JSON report (anything printed before
+/// the opening brace is skipped).
+fn parse_fio(stdout: &str, direction: &str) -> anyhow::Result<FioResult> {
     let json = stdout
         .find('{')
         .map(|start| &stdout[start..])
         .context("fio printed no JSON")?;
     let report: Value = serde_json::from_str(json).context("parsing fio's JSON")?;
-    let write = &report["jobs"][0]["write"];
+    let side = &report["jobs"][0][direction];
     let number = |value: &Value, what: &str| {
         value
             .as_f64()
             .with_context(|| format!("fio's report has no {what}"))
     };
-    let latency = if write["lat_ns"]["percentile"].is_object() {
-        &write["lat_ns"]["percentile"]
+    let latency = if side["lat_ns"]["percentile"].is_object() {
+        &side["lat_ns"]["percentile"]
     } else {
-        &write["clat_ns"]["percentile"]
+        &side["clat_ns"]["percentile"]
     };
     let nanos = |value: f64| Duration::from_nanos(value as u64);
     Ok(FioResult {
-        operations: number(&write["total_ios"], "total_ios")? as u64,
-        bytes: number(&write["io_bytes"], "io_bytes")? as u64,
-        seconds: number(&write["runtime"], "runtime")? / 1e3,
+        operations: number(&side["total_ios"], "total_ios")? as u64,
+        bytes: number(&side["io_bytes"], "io_bytes")? as u64,
+        seconds: number(&side["runtime"], "runtime")? / 1e3,
         p50: nanos(number(&latency["50.000000"], "p50")?),
         p99: nanos(number(&latency["99.000000"], "p99")?),
         p999: latency["99.900000"].as_f64().map(nanos),
@@ -235,7 +253,7 @@ mod tests {
 {"jobs": [{"write": {"io_bytes": 2097152, "total_ios": 2, "runtime": 1000,
   "lat_ns": {"percentile": {"50.000000": 1500000, "99.000000": 3000000,
   "99.900000": 5000000}}}}]}"#;
-        let result = parse_fio(text).expect("parsed");
+        let result = parse_fio(text, "write").expect("parsed");
         assert_eq!(result.operations, 2);
         assert_eq!(result.bytes, 2 << 20);
         assert_eq!(result.p50, Duration::from_micros(1500));

@@ -23,14 +23,14 @@ use engine::runtime::link::{self, Hello, LinkConfig, LinkCounters, LinkTraffic};
 use engine::runtime::{
     LocalVolume, RuntimeOptions, VolumeHandle, metadata, os_random_u64, session,
 };
-use engine::state::{ConnState, ReplState};
+use engine::state::{ConnState, DiskState, ReplState};
 use engine::types::NodeId;
 use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::delay;
+use crate::delay::{self, Shaping};
 
 /// The volume's name on both nodes.
 pub const VOLUME_NAME: &str = "bench";
@@ -62,8 +62,8 @@ pub struct PairConfig {
     pub layout: LayoutParams,
     /// Payload bytes of the journal's memory tier on each node.
     pub journal_memory_bytes: u64,
-    /// Added to each direction of the link by a relay ([`crate::delay`]); zero: none.
-    pub link_delay: Duration,
+    /// How a relay ([`crate::delay`]) shapes each direction of the link; none by default.
+    pub link_shaping: Shaping,
 }
 
 impl PairConfig {
@@ -76,7 +76,7 @@ impl PairConfig {
             layout: LayoutParams::default(),
             journal_memory_bytes: ReplicaConfig::new(VOLUME_NAME, NodeId(0))
                 .journal_memory_bytes_max,
-            link_delay: Duration::ZERO,
+            link_shaping: Shaping::default(),
         }
     }
 }
@@ -117,6 +117,9 @@ impl Backlog {
     }
 }
 
+/// The sessions of a link, with the index of the node each belongs to.
+type Sessions = Vec<(usize, Session)>;
+
 /// One node's session task and the means to stop it.
 struct Session {
     stop: oneshot::Sender<String>,
@@ -128,9 +131,14 @@ pub struct Pair {
     /// Primary, secondary. Declared before the runtimes so that on an early drop the volumes
     /// stop first and the link tasks see them gone.
     volumes: [LocalVolume; 2],
-    sessions: Vec<(usize, Session)>,
+    sessions: Sessions,
     runtimes: [Runtime; 2],
     counters: Arc<LinkCounters>,
+    /// The traffic of the links before the current one (see [`Self::relink`]).
+    earlier_traffic: LinkTraffic,
+    /// What every link of this pair is made with (the cluster key, codec, shaping).
+    link_configs: [LinkConfig; 2],
+    link_shaping: Shaping,
 }
 
 impl std::fmt::Debug for Pair {
@@ -165,23 +173,20 @@ impl Pair {
         }
         let runtimes = [runtime("primary-async")?, runtime("secondary-async")?];
         let key = random_key();
-        let configs = NODE_NAMES.map(|node| {
+        let link_configs = NODE_NAMES.map(|node| {
             let mut link_config = LinkConfig::new(key, Hello::new("bench", node, VOLUME_NAME));
             link_config.compression = config.compression;
             link_config
         });
-        let [primary_config, secondary_config] = configs;
-        let (mut address, accepting) = accept_one(&runtimes[1], &volumes[1], secondary_config)?;
-        if !config.link_delay.is_zero() {
-            address = delay::start(&runtimes[0], address, config.link_delay)?;
-        }
-        let (connecting, counters) =
-            connect_one(&runtimes[0], &volumes[0], address, &primary_config)?;
+        let (sessions, counters) = link(&runtimes, &volumes, &link_configs, config.link_shaping)?;
         let pair = Self {
             volumes,
-            sessions: vec![(0, connecting), (1, accepting)],
+            sessions,
             runtimes,
             counters,
+            earlier_traffic: LinkTraffic::default(),
+            link_configs,
+            link_shaping: config.link_shaping,
         };
         pair.wait_established()?;
         admin(&pair.primary(), AdminCommand::Promote { force: false })?;
@@ -226,14 +231,28 @@ impl Pair {
         }
     }
 
+    /// Runs `command` on the primary (`node` 0) or the secondary (1).
+    pub fn admin(&self, node: usize, command: AdminCommand) -> anyhow::Result<()> {
+        admin(&self.volumes[node].handle(), command)
+    }
+
     /// The primary's async runtime (the daemon runs its frontend there too).
     pub fn primary_runtime(&self) -> &Runtime {
         &self.runtimes[0]
     }
 
-    /// The link's traffic so far, as the primary counts it.
+    /// The traffic of every link of this pair so far, as the primary counts it.
     pub fn traffic(&self) -> LinkTraffic {
-        self.counters.snapshot()
+        let now = self.counters.snapshot();
+        let earlier = self.earlier_traffic;
+        LinkTraffic {
+            frames_sent: earlier.frames_sent + now.frames_sent,
+            payload_bytes_sent: earlier.payload_bytes_sent + now.payload_bytes_sent,
+            wire_bytes_sent: earlier.wire_bytes_sent + now.wire_bytes_sent,
+            frames_received: earlier.frames_received + now.frames_received,
+            payload_bytes_received: earlier.payload_bytes_received + now.payload_bytes_received,
+            wire_bytes_received: earlier.wire_bytes_received + now.wire_bytes_received,
+        }
     }
 
     /// Fails if the link went down or either node left `established`: a run during which that
@@ -263,18 +282,7 @@ impl Pair {
 
     /// Stops the link, then detaches both volumes cleanly.
     pub fn close(mut self) -> anyhow::Result<()> {
-        for (node, session) in self.sessions.drain(..) {
-            let _ = session.stop.send("stopped by the benchmark".to_string());
-            let runtime = &self.runtimes[node];
-            // The timer must be created inside the runtime.
-            let ended =
-                runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, session.task).await });
-            match ended {
-                Ok(Ok(_reason)) => {}
-                Ok(Err(join)) => anyhow::bail!("{}: link task failed: {join}", NODE_NAMES[node]),
-                Err(_) => anyhow::bail!("{}: the link did not stop", NODE_NAMES[node]),
-            }
-        }
+        self.stop_sessions("stopped by the benchmark")?;
         let Self {
             volumes, runtimes, ..
         } = self;
@@ -285,6 +293,124 @@ impl Pair {
         }
         for runtime in runtimes {
             runtime.shutdown_timeout(STOP_TIMEOUT);
+        }
+        Ok(())
+    }
+
+    /// Ends the link as a network failure would: both nodes see it go and keep wanting a
+    /// connection (their writes meanwhile go to the journal and the dirty bitmap).
+    pub fn cut(&mut self) -> anyhow::Result<()> {
+        self.stop_sessions("cut by the benchmark")?;
+        let started = Instant::now();
+        while self
+            .volumes
+            .iter()
+            .any(|volume| volume.handle().status().connection == ConnState::Connected)
+        {
+            anyhow::ensure!(
+                started.elapsed() < CONNECT_TIMEOUT,
+                "the volumes still say connected {CONNECT_TIMEOUT:?} after the link was cut"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Links the nodes again after [`Self::cut`]; returns once both say connected (they may
+    /// then resync or catch up: see [`Self::wait_synced`]).
+    pub fn relink(&mut self) -> anyhow::Result<()> {
+        let (sessions, counters) = link(
+            &self.runtimes,
+            &self.volumes,
+            &self.link_configs,
+            self.link_shaping,
+        )?;
+        self.earlier_traffic = self.traffic();
+        self.sessions = sessions;
+        self.counters = counters;
+        let started = Instant::now();
+        while !self
+            .volumes
+            .iter()
+            .all(|volume| volume.handle().status().connection == ConnState::Connected)
+        {
+            if let Some((node, _)) = self.sessions.iter().find(|(_, s)| s.task.is_finished()) {
+                anyhow::bail!("the link of {} ended while reconnecting", NODE_NAMES[*node]);
+            }
+            anyhow::ensure!(
+                started.elapsed() < CONNECT_TIMEOUT,
+                "not connected {CONNECT_TIMEOUT:?} after relinking"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Waits until both nodes are `established` and `up_to_date` with nothing out of sync and
+    /// nothing unacknowledged; returns the kinds of sync the primary reported meanwhile (`full`,
+    /// `bitmap`, `journal`, `checksum`) and how long it took. Fails after `timeout` or if the link drops.
+    pub fn wait_synced(&self, timeout: Duration) -> anyhow::Result<(Vec<&'static str>, Duration)> {
+        let started = Instant::now();
+        let mut kinds = Vec::new();
+        loop {
+            for (node, session) in &self.sessions {
+                anyhow::ensure!(
+                    !session.task.is_finished(),
+                    "the link session of {} ended while syncing",
+                    NODE_NAMES[*node]
+                );
+            }
+            let statuses = self
+                .volumes
+                .each_ref()
+                .map(|volume| volume.handle().status());
+            // As the primary (the source of every sync here) names it.
+            if let Some(sync) = &statuses[0].sync {
+                let kind = if sync.full && sync.kind == "bitmap" {
+                    "full"
+                } else {
+                    sync.kind
+                };
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            let synced = statuses.iter().all(|status| {
+                status.replication == ReplState::Established
+                    && status.disk == DiskState::UpToDate
+                    && status.peer_disk == DiskState::UpToDate
+                    && status.out_of_sync_bytes == 0
+                    && status.sync.is_none()
+                    && status.unacked_bytes == 0
+                    && status.peer_writes_pending == 0
+            });
+            if synced {
+                return Ok((kinds, started.elapsed()));
+            }
+            anyhow::ensure!(
+                started.elapsed() < timeout,
+                "not in sync after {timeout:?}: the primary is {} / {} / {}, {} bytes out of sync",
+                statuses[0].replication,
+                statuses[0].disk,
+                statuses[0].peer_disk,
+                statuses[0].out_of_sync_bytes
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    fn stop_sessions(&mut self, reason: &str) -> anyhow::Result<()> {
+        for (node, session) in self.sessions.drain(..) {
+            let _ = session.stop.send(reason.to_string());
+            let runtime = &self.runtimes[node];
+            // The timer must be created inside the runtime.
+            let ended =
+                runtime.block_on(async { tokio::time::timeout(STOP_TIMEOUT, session.task).await });
+            match ended {
+                Ok(Ok(_reason)) => {}
+                Ok(Err(join)) => anyhow::bail!("{}: link task failed: {join}", NODE_NAMES[node]),
+                Err(_) => anyhow::bail!("{}: the link did not stop", NODE_NAMES[node]),
+            }
         }
         Ok(())
     }
@@ -376,6 +502,22 @@ pub fn traffic_since(now: LinkTraffic, before: LinkTraffic) -> LinkTraffic {
         payload_bytes_received: now.payload_bytes_received - before.payload_bytes_received,
         wire_bytes_received: now.wire_bytes_received - before.wire_bytes_received,
     }
+}
+
+/// Links the two volumes: the second accepts on loopback (behind a shaping relay if asked),
+/// the first connects; returns both sessions and the first's link counters.
+fn link(
+    runtimes: &[Runtime; 2],
+    volumes: &[LocalVolume; 2],
+    configs: &[LinkConfig; 2],
+    shaping: Shaping,
+) -> anyhow::Result<(Sessions, Arc<LinkCounters>)> {
+    let (mut address, accepting) = accept_one(&runtimes[1], &volumes[1], configs[1].clone())?;
+    if !shaping.is_none() {
+        address = delay::start(&runtimes[0], address, shaping)?;
+    }
+    let (connecting, counters) = connect_one(&runtimes[0], &volumes[0], address, &configs[0])?;
+    Ok((vec![(0, connecting), (1, accepting)], counters))
 }
 
 /// Listens on an ephemeral loopback port and, in the background, accepts one link there and

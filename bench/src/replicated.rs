@@ -24,6 +24,7 @@ use engine::runtime::backing::Backing;
 use engine::runtime::link::LinkTraffic;
 
 use crate::data::{DataKind, DataSet};
+use crate::delay::Shaping;
 use crate::linkonly::LinkPair;
 use crate::load::{self, CpuSnapshot, CpuUsage};
 use crate::local::{self, EngineTarget, Schedule, Target, Workload};
@@ -92,18 +93,18 @@ pub struct Options {
     pub workloads: Vec<Workload>,
     /// The paths measured besides the ceiling.
     pub paths: Vec<PathKind>,
-    /// The protocols of the engine and NBD measurements.
-    pub protocols: Vec<Protocol>,
+    /// The engine measurements: codec and protocol of each, in order.
+    pub engine_runs: Vec<(Compression, Protocol)>,
+    /// The NBD measurements: codec and protocol of each, in order.
+    pub nbd_runs: Vec<(Compression, Protocol)>,
     /// The metadata layout of both nodes (the journal ring is `journal_bytes` of it).
     pub layout: LayoutParams,
     /// Payload bytes of each node's journal memory tier.
     pub journal_memory_bytes: u64,
-    /// Added to each direction of the link (zero: none).
-    pub link_delay: Duration,
-    /// Codecs of the engine and link-only measurements.
-    pub compressions: Vec<Compression>,
-    /// Codecs of the NBD measurements.
-    pub nbd_compressions: Vec<Compression>,
+    /// How the link is shaped: delay and bandwidth of each direction (none: as it is).
+    pub link_shaping: Shaping,
+    /// Codecs of the link-only measurements.
+    pub link_compressions: Vec<Compression>,
     /// What the client writes.
     pub data: DataKind,
     /// Time per stage rate (zero: skip them).
@@ -132,6 +133,9 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     } else {
         None
     };
+    if let Some(reason) = &nbd_skip {
+        crate::progress::note(&format!("tandem-bench: skipping the NBD path: {reason}"));
+    }
     for &workload in &options.workloads {
         let blocks = (DATA_POOL_BYTES / workload.block_bytes).max(1) as usize;
         let data = DataSet::new(options.data, workload.block_bytes as usize, blocks);
@@ -201,45 +205,41 @@ impl Bench<'_> {
         let name = self.workload.name();
         let mut rows = Vec::new();
         if self.wants(PathKind::Engine) {
-            for &codec in &self.options.compressions {
-                for &protocol in &self.options.protocols {
-                    let protocol_name = protocol_name(protocol);
-                    progress(&format!("{name}: engine {protocol_name}, {codec}"));
-                    match self.engine(codec, protocol) {
-                        Ok(row) => rows.push(row),
-                        Err(error) => self.failed(report, "engine", protocol, codec, &error),
-                    }
+            for &(codec, protocol) in &self.options.engine_runs {
+                let protocol_name = protocol_name(protocol);
+                progress(&format!("{name}: engine {protocol_name}, {codec}"));
+                match self.engine(codec, protocol) {
+                    Ok(row) => rows.push(row),
+                    Err(error) => self.failed(report, "engine", protocol, codec, &error),
                 }
             }
         }
         if self.wants(PathKind::Link) {
-            for &codec in &self.options.compressions {
+            for &codec in &self.options.link_compressions {
                 progress(&format!("{name}: link only, {codec}"));
                 rows.push(self.link_only(codec)?);
             }
         }
         if self.wants(PathKind::Nbd) {
-            for &codec in &self.options.nbd_compressions {
-                for &protocol in &self.options.protocols {
-                    let protocol_name = protocol_name(protocol);
-                    match nbd_skip {
-                        None => {
-                            progress(&format!("{name}: nbd {protocol_name}, {codec}"));
-                            match self.nbd(codec, protocol) {
-                                Ok(row) => rows.push(row),
-                                Err(error) => self.failed(report, "nbd", protocol, codec, &error),
-                            }
+            for &(codec, protocol) in &self.options.nbd_runs {
+                let protocol_name = protocol_name(protocol);
+                match nbd_skip {
+                    None => {
+                        progress(&format!("{name}: nbd {protocol_name}, {codec}"));
+                        match self.nbd(codec, protocol) {
+                            Ok(row) => rows.push(row),
+                            Err(error) => self.failed(report, "nbd", protocol, codec, &error),
                         }
-                        Some(reason) => {
-                            eprintln!("tandem-bench: skipping the NBD path: {reason}");
-                            report.skipped.push(Skipped {
-                                workload: name.clone(),
-                                path: "nbd",
-                                protocol: Some(protocol_name),
-                                compression: Some(codec.name()),
-                                reason: reason.to_string(),
-                            });
-                        }
+                    }
+                    Some(reason) => {
+                        progress(&format!("{name}: nbd {protocol_name}, {codec}: skipped"));
+                        report.skipped.push(Skipped {
+                            workload: name.clone(),
+                            path: "nbd",
+                            protocol: Some(protocol_name),
+                            compression: Some(codec.name()),
+                            reason: reason.to_string(),
+                        });
                     }
                 }
             }
@@ -310,7 +310,7 @@ impl Bench<'_> {
             protocol,
             layout: self.options.layout,
             journal_memory_bytes: self.options.journal_memory_bytes,
-            link_delay: self.options.link_delay,
+            link_shaping: self.options.link_shaping,
         }
     }
 
@@ -444,7 +444,7 @@ impl Bench<'_> {
                         for extent in (writer..extents).step_by(PRIME_WRITERS as usize) {
                             let offset = extent * extent_bytes;
                             if offset + block_bytes <= span_bytes {
-                                target.write(offset, block)?;
+                                target.io(offset, block)?;
                             }
                         }
                         Ok(())
@@ -734,12 +734,24 @@ fn measure_stages(time: Duration) -> anyhow::Result<Vec<stages::StageRate>> {
 }
 
 fn progress(what: &str) {
-    eprintln!("tandem-bench: measuring {what}");
+    crate::progress::step(what);
+}
+
+/// Measurements [`run`] makes with `options` (for the progress bar).
+pub fn steps(options: &Options) -> u64 {
+    let wants = |path| u64::from(options.paths.contains(&path));
+    let per_workload = 2
+        + wants(PathKind::Engine) * options.engine_runs.len() as u64
+        + wants(PathKind::Link) * options.link_compressions.len() as u64
+        + wants(PathKind::Nbd) * options.nbd_runs.len() as u64
+        + wants(PathKind::Local)
+        + wants(PathKind::Raw);
+    per_workload * options.workloads.len() as u64 + u64::from(!options.stage_time.is_zero())
 }
 
 /// Creates `path` of `size_bytes` with every block written once (so no measurement pays for
 /// allocating blocks of a sparse file); a file already that size and fully allocated is kept.
-fn prepare_file(path: &Path, size_bytes: u64) -> anyhow::Result<()> {
+pub fn prepare_file(path: &Path, size_bytes: u64) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::MetadataExt as _;
     if let Ok(metadata) = std::fs::metadata(path)

@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use bench::data::DataKind;
+use bench::delay::Shaping;
 use bench::local::{self, EngineTarget, RawTarget, Schedule, Workload};
 use bench::replicated::{self, Options, PathKind, RANDOM_BLOCK_BYTES, SEQUENTIAL_BLOCK_BYTES};
 use bench::report::Report;
+use bench::results::Results;
+use bench::suite::{Part, Settings};
 use clap::{Parser, Subcommand};
 use engine::format::InitialData;
 use engine::layout::LayoutParams;
@@ -25,11 +28,31 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "parsed once; boxing would only add noise"
-)]
 enum Command {
+    /// The machine's limits: one backing store written and read with O_DIRECT, both written at
+    /// once, TCP between the node addresses, lz4/zstd/AES-256-GCM per core.
+    Ceiling(SuiteArgs),
+    /// 1 MiB sequential and 4 KiB random writes at depths 1 and 32 through the engine and NBD:
+    /// local-only, protocols A, B, C, codecs none/lz4/zstd; against the ceiling.
+    Write(SuiteArgs),
+    /// Full sync, incremental resync after 1% and 10% dirty, checksum resync of identical data,
+    /// client latency during a sync; against the ceiling of copying one store to the other.
+    Resync(SuiteArgs),
+    /// fio's nbd engine against tandem's NBD server and against qemu-nbd on the same file.
+    NbdVsQemu(SuiteArgs),
+    /// SIGKILL of the active daemon to the service answering on the standby (real daemons
+    /// and a witness on loopback).
+    Failover(SuiteArgs),
+    /// tandem against DRBD 8.4 in the qemu guest of scripts/vm (protocol C, ratios only).
+    Drbd(SuiteArgs),
+    /// Every part above into one results folder (`--quick`: in under 10 minutes).
+    All {
+        #[command(flatten)]
+        args: SuiteArgs,
+        /// Leave these parts out.
+        #[arg(long, value_delimiter = ',', value_enum)]
+        skip: Vec<Part>,
+    },
     /// Local-only writes through the engine against the raw backing store.
     Local {
         /// A scratch file (created, overwritten).
@@ -124,6 +147,113 @@ struct ReplicatedArgs {
     results: PathBuf,
 }
 
+/// What every part of the suite takes.
+#[derive(Debug, clap::Args)]
+struct SuiteArgs {
+    /// Small and short: 512 MiB volumes, 2 s per measurement, fewer codec/protocol pairs.
+    #[arg(long)]
+    quick: bool,
+    /// The results folder (JSON lines, markdown, SVG charts); default
+    /// target/bench/results/<command>-<unix seconds>.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the backing files go (needs O_DIRECT: not tmpfs).
+    #[arg(long, default_value = "target/bench")]
+    scratch: PathBuf,
+    /// Size of each backing file in MiB (default 2048; with --quick 512).
+    #[arg(long)]
+    size_mib: Option<u64>,
+    /// Milliseconds added to each direction of the replication link by a relay in this process
+    /// (the stand-in for `tc netem delay`, which this kernel lacks).
+    #[arg(long, default_value_t = 0.0)]
+    delay_ms: f64,
+    /// Bandwidth of each direction of the replication link in Mbit/s, by the same relay
+    /// (the stand-in for `tc netem rate`); unlimited if unset.
+    #[arg(long)]
+    rate_mbit: Option<f64>,
+    /// The tandem binary the failover part runs (default: beside tandem-bench).
+    #[arg(long)]
+    tandem: Option<PathBuf>,
+}
+
+impl SuiteArgs {
+    fn settings(&self) -> anyhow::Result<Settings> {
+        let size_bytes = self
+            .size_mib
+            .map_or_else(|| Settings::default_size_bytes(self.quick), |mib| mib << 20);
+        anyhow::ensure!(size_bytes >= 256 << 20, "--size-mib must be at least 256");
+        let rate_bytes_per_second = match self.rate_mbit {
+            Some(mbit) if mbit > 0.0 && mbit.is_finite() => Some((mbit * 1e6 / 8.0) as u64),
+            Some(mbit) => anyhow::bail!("--rate-mbit must be positive, not {mbit}"),
+            None => None,
+        };
+        let tandem = match &self.tandem {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()
+                .context("where tandem-bench is")?
+                .with_file_name("tandem"),
+        };
+        Ok(Settings {
+            quick: self.quick,
+            scratch: self.scratch.clone(),
+            size_bytes,
+            shaping: Shaping {
+                delay: seconds(self.delay_ms / 1000.0, "--delay-ms")?,
+                rate_bytes_per_second,
+            },
+            tandem,
+            repo: std::env::current_dir().context("the current directory")?,
+        })
+    }
+
+    fn out(&self, command: &str) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs());
+            PathBuf::from(format!("target/bench/results/{command}-{now}"))
+        })
+    }
+}
+
+/// Runs `parts` of the suite into one results folder and prints where it is; fails if a part
+/// failed (the others still ran).
+fn suite_command(args: &SuiteArgs, command: &str, parts: &[Part]) -> anyhow::Result<()> {
+    let settings = args.settings()?;
+    let out = args.out(command);
+    let title = format!(
+        "tandem-bench {command}{}",
+        if args.quick { " --quick" } else { "" }
+    );
+    let mut results = Results::create(&out, &title)?;
+    let started = std::time::Instant::now();
+    let failed = settings.run_all(parts, &mut results)?;
+    let checks = results.checks().to_vec();
+    let out = results.finish()?;
+    println!("{}", bench::results::target_table(&checks));
+    println!(
+        "tandem-bench {command}: {:.0} s; results in {} (results.md, results.jsonl, *.svg)",
+        started.elapsed().as_secs_f64(),
+        out.display()
+    );
+    if failed.is_empty() {
+        return Ok(());
+    }
+    for (part, reason) in &failed {
+        eprintln!("tandem-bench: {} failed: {reason}", part.name());
+    }
+    anyhow::bail!(
+        "{} of {} parts failed: {}",
+        failed.len(),
+        parts.len(),
+        failed
+            .iter()
+            .map(|(part, _)| part.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 fn parse_compression(name: &str) -> Result<Compression, String> {
     Compression::ALL
         .into_iter()
@@ -152,6 +282,19 @@ fn main() -> anyhow::Result<()> {
             seconds,
         } => local_command(&file, size_mib, seconds),
         Command::Replicated(args) => replicated_command(&args),
+        Command::Ceiling(args) => suite_command(&args, "ceiling", &[Part::Ceiling]),
+        Command::Write(args) => suite_command(&args, "write", &[Part::Write]),
+        Command::Resync(args) => suite_command(&args, "resync", &[Part::Resync]),
+        Command::NbdVsQemu(args) => suite_command(&args, "nbd-vs-qemu", &[Part::NbdVsQemu]),
+        Command::Failover(args) => suite_command(&args, "failover", &[Part::Failover]),
+        Command::Drbd(args) => suite_command(&args, "drbd", &[Part::Drbd]),
+        Command::All { args, skip } => {
+            let parts: Vec<Part> = Part::ALL
+                .into_iter()
+                .filter(|part| !skip.contains(part))
+                .collect();
+            suite_command(&args, "all", &parts)
+        }
     }
 }
 
@@ -180,13 +323,16 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
             measure: seconds(args.seconds, "--seconds")?,
         },
         workloads: workloads(args),
-        protocols: args.protocols.clone(),
+        engine_runs: product(&args.compression, &args.protocols),
+        nbd_runs: product(&args.nbd_compression, &args.protocols),
         layout,
         journal_memory_bytes: args.journal_memory_mib << 20,
-        link_delay: seconds(args.delay_ms / 1000.0, "--delay-ms")?,
-        compressions: args.compression.clone(),
+        link_shaping: Shaping {
+            delay: seconds(args.delay_ms / 1000.0, "--delay-ms")?,
+            rate_bytes_per_second: None,
+        },
+        link_compressions: args.compression.clone(),
         paths: args.paths.clone(),
-        nbd_compressions: args.nbd_compression.clone(),
         data: args.data,
         stage_time: seconds(args.stage_seconds, "--stage-seconds")?,
     };
@@ -211,6 +357,14 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
     report.append_json_lines(&args.results, &run)?;
     println!("Results appended to {}.", args.results.display());
     Ok(())
+}
+
+/// Every codec with every protocol, codec by codec.
+fn product(codecs: &[Compression], protocols: &[Protocol]) -> Vec<(Compression, Protocol)> {
+    codecs
+        .iter()
+        .flat_map(|&codec| protocols.iter().map(move |&protocol| (codec, protocol)))
+        .collect()
 }
 
 /// The workloads asked for, sequential first, each in the order of its depths.
