@@ -16,7 +16,8 @@
 #   TANDEM_VM_TANDEM=FILE      put this tandem binary in the guest instead of building one
 #
 # `build-guest.sh --layer FILE ITEM...` instead makes an extra initramfs layer for one scenario
-# (host tools with their libraries, kernel modules): see "Extra layers" below.
+# (host tools with their libraries, kernel modules with the modules they depend on): see
+# "Extra layers" below.
 if [ -z "${BASH_VERSION:-}" ]; then exec bash "$0" "$@"; fi
 set -euo pipefail
 
@@ -33,11 +34,15 @@ MODULES=(virtio_blk nbd ublk_drv)
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:$HOME/.cargo/bin"
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C
 
-STAGING="" # the initramfs tree being assembled; removed on exit
+STAGING=""      # the initramfs tree being assembled; removed on exit
+PACKAGE_TREE="" # the kernel package unpacked to take modules from; removed on exit
 cleanup() {
-    if [ -n "$STAGING" ] && [ -d "$STAGING" ]; then
-        rm -rf --one-file-system "$STAGING"
-    fi
+    local dir
+    for dir in "$STAGING" "$PACKAGE_TREE"; do
+        if [ -n "$dir" ] && [ -d "$dir" ]; then
+            rm -rf --one-file-system "$dir"
+        fi
+    done
 }
 trap cleanup EXIT
 # set -e alone would end the script silently; say which command failed.
@@ -444,23 +449,43 @@ build_initramfs() {
 # `build-guest.sh --layer FILE ITEM...` (run.sh calls it for a scenario with a `# vm-tools:` or
 # `# vm-modules:` header) writes FILE, a cpio archive that run.sh appends to the base
 # initramfs for that scenario only, so that a large tool does not slow every other boot. An
-# ITEM is a host command (put in /usr/local/bin, ahead of busybox, with its libraries) or
-# NAME.ko, a module of the guest kernel (put in /lib/modules/vmtest, for load_module). FILE is
-# rebuilt only when one of its inputs changes (FILE.stamp).
+# ITEM is one of:
+#   - a host command (looked up on PATH), or the absolute path of a host program that is not
+#     on PATH (/usr/lib/drbd/drbdadm-84): put in the guest's /usr/local/bin under its own name,
+#     ahead of busybox, with its libraries;
+#   - NAME.ko, a module of the guest kernel: put in /lib/modules/vmtest with every module it
+#     depends on (modinfo's depends=, and a soft pre-dependency where the package has a module
+#     of that name), and NAME.deps listing those to load first, in order, for load_module.
+# FILE is rebuilt only when one of its inputs changes (FILE.stamp).
 
 # command:package pairs for the tools a scenario may ask for; a command the host already has
-# needs no entry. losetup comes from util-linux (busybox's has no --direct-io).
+# needs no entry. losetup comes from util-linux (busybox's has no --direct-io), sfdisk from
+# fdisk; drbd-utils puts the DRBD 8.4 userland (the guest kernel's drbd.ko is 8.4) in
+# /usr/lib/drbd, off PATH.
 LAYER_TOOLS=(
     fio:fio
     losetup:mount
     blkdiscard:util-linux
+    sfdisk:fdisk
+    drbdmeta:drbd-utils
+    /usr/lib/drbd/drbdadm-84:drbd-utils
+    /usr/lib/drbd/drbdsetup-84:drbd-utils
 )
 
 layer_package() {
     local pair
     for pair in "${LAYER_TOOLS[@]}"; do
-        [ "${pair%%:*}" = "$1" ] && echo "${pair#*:}" && return 0
+        [ "${pair%:*}" = "$1" ] && echo "${pair##*:}" && return 0
     done
+    return 0
+}
+
+# tool_path ITEM: the host file a tool item names, or nothing if there is none (yet).
+tool_path() {
+    case $1 in
+        /*) [ -x "$1" ] && echo "$1" ;;
+        *) command -v "$1" 2>/dev/null ;;
+    esac
     return 0
 }
 
@@ -469,7 +494,7 @@ install_layer_tools() {
     local -a packages=()
     for item in "$@"; do
         case $item in *.ko) continue ;; esac
-        command -v "$item" >/dev/null 2>&1 && continue
+        [ -n "$(tool_path "$item")" ] && continue
         package=$(layer_package "$item")
         [ -n "$package" ] || die "no $item on this host, and LAYER_TOOLS names no package for it"
         [[ " ${packages[*]} " == *" $package "* ]] || packages+=("$package")
@@ -481,7 +506,7 @@ install_layer_tools() {
         || die "apt-get install ${packages[*]} failed"
     for item in "$@"; do
         case $item in *.ko) continue ;; esac
-        command -v "$item" >/dev/null 2>&1 || die "$item is still missing"
+        [ -n "$(tool_path "$item")" ] || die "$item is still missing"
     done
 }
 
@@ -494,47 +519,85 @@ kernel_deb() {
     fi
 }
 
-# extract_module NAME: target/vm/kernel/modules/NAME.ko from the kernel package, once. Only a
-# module without dependencies will do (the guest has no modprobe and no modules.dep).
-extract_module() {
-    local module=$1 deb version tmp found depends
-    [ -f "$KERNEL_DIR/modules/$module.ko" ] && return 0
-    deb=$(kernel_deb)
-    [ -f "$deb" ] || die "no kernel package $deb to take $module.ko from"
+# package_module NAME: the module file NAME in the kernel package ('-' and '_' are the same in
+# module names), or nothing. The package is unpacked once per run, on the first call.
+package_module() {
+    local module=$1 deb version
+    if [ -z "$PACKAGE_TREE" ]; then
+        deb=$(kernel_deb)
+        [ -f "$deb" ] || die "no kernel package $deb to take $module.ko from"
+        PACKAGE_TREE=$(mktemp -d "$VM_DIR/extract.XXXXXX")
+        dpkg-deb -x "$deb" "$PACKAGE_TREE"
+    fi
     version=$(cat "$KERNEL_DIR/version")
-    tmp=$(mktemp -d "$VM_DIR/extract.XXXXXX")
-    dpkg-deb -x "$deb" "$tmp"
-    found=$(find "$tmp/lib/modules/$version" "$tmp/usr/lib/modules/$version" \
-        -name "$module.ko*" 2>/dev/null | head -n 1 || true)
-    if [ -z "$found" ]; then
-        rm -rf "$tmp"
-        die "$deb has no module $module"
-    fi
+    find "$PACKAGE_TREE/lib/modules/$version" "$PACKAGE_TREE/usr/lib/modules/$version" \
+        -name "$(printf '%s' "$module" | sed 's/[-_]/[-_]/g').ko*" 2>/dev/null | head -n 1 || true
+}
+
+# modinfo_field FILE FIELD: a field of a module's .modinfo (several values, one a line).
+modinfo_field() {
+    objcopy -O binary --only-section=.modinfo "$1" /dev/stdout | tr '\0' '\n' \
+        | sed -n "s/^$2=//p"
+}
+
+# extract_module NAME: target/vm/kernel/modules/NAME.ko from the kernel package, and NAME.deps,
+# the modules to load before it (one line, in load order; each of them extracted the same
+# way). The guest has no modprobe and no modules.dep: load_module reads NAME.deps.
+extract_module() {
+    local module=${1//-/_} found depends soft dep
+    local -a before=()
+    [ -f "$KERNEL_DIR/modules/$module.ko" ] && [ -f "$KERNEL_DIR/modules/$module.deps" ] && return 0
+    found=$(package_module "$module")
+    [ -n "$found" ] || die "$(basename "$(kernel_deb)") has no module $module"
     decompress_module "$found" "$KERNEL_DIR/modules/$module.ko.new"
-    rm -rf "$tmp"
-    depends=$(objcopy -O binary --only-section=.modinfo "$KERNEL_DIR/modules/$module.ko.new" \
-        /dev/stdout | tr '\0' '\n' | sed -n 's/^depends=//p')
-    if [ -n "$depends" ]; then
-        rm -f "$KERNEL_DIR/modules/$module.ko.new"
-        die "$module.ko depends on $depends: name those modules too (in load order)"
-    fi
+    depends=$(modinfo_field "$KERNEL_DIR/modules/$module.ko.new" depends | tr ',' ' ')
+    # `softdep=pre: a b post: c`: the pre modules are loaded first where they are modules; a
+    # name the package has no module for is built in or an alias of a built-in one (libcrc32c
+    # asks for crc32c, which this kernel has built in: CONFIG_CRYPTO_CRC32C=y).
+    soft=$(modinfo_field "$KERNEL_DIR/modules/$module.ko.new" softdep \
+        | sed -n 's/.*pre:\(.*\)/\1/p' | sed 's/post:.*//')
+    for dep in $soft; do
+        if [ -n "$(package_module "$dep")" ]; then
+            before+=("${dep//-/_}")
+        else
+            log "$module.ko: soft dependency $dep is no module in the package (built in or an alias): not loaded"
+        fi
+    done
+    for dep in $depends; do before+=("${dep//-/_}"); done
+    for dep in "${before[@]}"; do
+        [ "$dep" != "$module" ] || die "$module.ko depends on itself"
+        extract_module "$dep"
+    done
     mv "$KERNEL_DIR/modules/$module.ko.new" "$KERNEL_DIR/modules/$module.ko"
-    log "extracted $module.ko"
+    echo "${before[*]}" >"$KERNEL_DIR/modules/$module.deps"
+    log "extracted $module.ko${before[*]:+ (loaded after ${before[*]})}"
+}
+
+# module_closure NAME...: each module and everything it loads after, once each.
+module_closure() {
+    local module
+    for module in "$@"; do
+        module=${module//-/_}
+        # shellcheck disable=SC2046 # a .deps file is words
+        module_closure $(cat "$KERNEL_DIR/modules/$module.deps")
+        echo "$module"
+    done | awk '!seen[$0]++'
 }
 
 layer_fingerprint() {
-    local item library
+    local item library path
     {
         sha256sum "${BASH_SOURCE[0]}"
         cat "$KERNEL_DIR/version"
         for item in "$@"; do
             case $item in
-                *.ko) sha256sum "$KERNEL_DIR/modules/$item" ;;
+                *.ko) sha256sum "$KERNEL_DIR/modules/$item" "$KERNEL_DIR/modules/${item%.ko}.deps" ;;
                 *)
-                    stat -L -c '%n %s %Y' "$(command -v "$item")"
+                    path=$(tool_path "$item")
+                    stat -L -c '%n %s %Y' "$path"
                     while read -r library; do
                         stat -L -c '%n %s %Y' "$library"
-                    done < <(ldd "$(command -v "$item")" 2>/dev/null | grep -oE '/[^ ]+' || true)
+                    done < <(ldd "$path" 2>/dev/null | grep -oE '/[^ ]+' || true)
                     ;;
             esac
         done
@@ -542,26 +605,41 @@ layer_fingerprint() {
 }
 
 build_layer() {
-    local out=$1 item fingerprint
+    local out=$1 item fingerprint module
     shift
     [ "$#" -gt 0 ] || die "--layer FILE needs at least one tool or NAME.ko"
     [ -f "$KERNEL_DIR/version" ] || die "no guest kernel in $KERNEL_DIR: run build-guest.sh first"
     install_layer_tools "$@"
+    local -a tools=() modules=()
     for item in "$@"; do
-        case $item in *.ko) extract_module "${item%.ko}" ;; esac
+        case $item in
+            *.ko)
+                extract_module "${item%.ko}"
+                modules+=("${item%.ko}")
+                ;;
+            *) tools+=("$item") ;;
+        esac
     done
-    fingerprint=$(layer_fingerprint "$@")
+    # The modules named and those they load after.
+    local -a items=("${tools[@]}")
+    if [ "${#modules[@]}" -gt 0 ]; then
+        while read -r module; do items+=("$module.ko"); done < <(module_closure "${modules[@]}")
+    fi
+    fingerprint=$(layer_fingerprint "${items[@]}")
     if [ -f "$out" ] && [ "$(cat "$out.stamp" 2>/dev/null)" = "$fingerprint" ]; then
         log "layer up to date ($out)"
         return 0
     fi
-    log "assembling the layer $(basename "$out"): $*"
+    log "assembling the layer $(basename "$out"): ${items[*]}"
     mkdir -p "$(dirname "$out")"
     STAGING=$(mktemp -d "$(dirname "$out")/staging.XXXXXX")
-    for item in "$@"; do
+    for item in "${items[@]}"; do
         case $item in
-            *.ko) put_file "$KERNEL_DIR/modules/$item" "/lib/modules/vmtest/$item" ;;
-            *) put_binary "$(command -v "$item")" "/usr/local/bin/$item" ;;
+            *.ko)
+                put_file "$KERNEL_DIR/modules/$item" "/lib/modules/vmtest/$item"
+                put_file "$KERNEL_DIR/modules/${item%.ko}.deps" "/lib/modules/vmtest/${item%.ko}.deps"
+                ;;
+            *) put_binary "$(tool_path "$item")" "/usr/local/bin/$(basename "$item")" ;;
         esac
     done
     (cd "$STAGING" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) \

@@ -9,13 +9,28 @@
 # reason says what was waited for.
 #
 # The cluster: two tandem daemons in this guest, alpha on 127.0.0.1 over /dev/vda and beta on
-# 127.0.0.2 over /dev/vdb (the two scratch disks run.sh attaches), one volume r0.
+# 127.0.0.2 over /dev/vdb (the two scratch disks run.sh attaches), one volume r0. A scenario
+# with two guests (`# vm-guests: alpha beta`) runs in both, each guest knowing its name
+# (GUEST) and its peer (PEER); see "Two guests" below.
 
 set -euo pipefail
 set -o errtrace
 
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# run.sh's settings: SCENARIO, GUEST_TIMEOUT, VM_GUESTS (the guests' names, empty with one
+# guest) and the host's PERF_* variables.
+# shellcheck disable=SC1091 # made by run.sh
+[ ! -f /etc/vmtest.conf ] || . /etc/vmtest.conf
 SCENARIO=${SCENARIO:-$(basename "$0" .sh)}
+VM_GUESTS=${VM_GUESTS:-}
+# This guest's name in a two-guest scenario (vmtest.guest=NAME on the kernel command line), and
+# the other guest's.
+GUEST=$(tr ' ' '\n' </proc/cmdline | sed -n 's/^vmtest\.guest=//p' | head -n 1)
+PEER=""
+if [ -n "$GUEST" ]; then
+    for name in $VM_GUESTS; do [ "$name" = "$GUEST" ] || PEER=$name; done
+    unset name
+fi
 
 VOLUME=r0
 WORK=/tmp/tandem
@@ -26,6 +41,7 @@ NODES=(alpha beta)
 declare -A ADDRESS=([alpha]=127.0.0.1 [beta]=127.0.0.2)
 declare -A BACKING=([alpha]=/dev/vda [beta]=/dev/vdb)
 declare -A DAEMON_PID=()
+COMPRESSION=lz4
 
 STEP=starting
 
@@ -69,6 +85,10 @@ diagnostics() {
             timeout 5 tandem --config "$CONF" --node "$node" status 2>&1
         fi
     done
+    # A scenario may add its own (drbd-perf: /proc/drbd).
+    if declare -F scenario_diagnostics >/dev/null; then
+        scenario_diagnostics
+    fi
     printf '\n--- kernel log (last 40 lines)\n'
     dmesg | tail -n 40
     printf '\n--- mounts\n'
@@ -130,9 +150,18 @@ wait_pid() {
 
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
+# load_module NAME: insmod NAME and, first, the modules it needs (NAME.deps, in load order,
+# written by build-guest.sh), each once.
 load_module() {
-    local module=$1
+    local module=${1//-/_} dep
+    local -a deps=()
     grep -q "^$module " /proc/modules && return 0
+    if [ -s "/lib/modules/vmtest/$module.deps" ]; then
+        read -r -a deps <"/lib/modules/vmtest/$module.deps"
+        for dep in "${deps[@]}"; do
+            load_module "$dep"
+        done
+    fi
     run insmod "/lib/modules/vmtest/$module.ko"
 }
 
@@ -158,8 +187,10 @@ setup_cluster() {
     done
 }
 
-# write_config FRONTEND [EXTRA-VOLUME-LINE...]: the cluster key and the configuration, each
-# node over ${BACKING[node]}; checked with `tandem config check`.
+# write_config FRONTEND [EXTRA-VOLUME-LINE...]: the cluster key (unless $WORK/cluster.key is
+# there already: the other guest's, in a two-guest scenario) and the configuration, each node
+# at ${ADDRESS[node]} over ${BACKING[node]}, the link compressed with $COMPRESSION; checked
+# with `tandem config check`.
 write_config() {
     local frontend=$1 node
     shift
@@ -169,7 +200,7 @@ write_config() {
     done
     # 127.0.0.0/8 is local once lo is up; the explicit address makes beta's visible in `ip addr`.
     ip addr add 127.0.0.2/8 dev lo 2>/dev/null || true
-    tandem keygen >"$WORK/cluster.key"
+    [ -s "$WORK/cluster.key" ] || tandem keygen >"$WORK/cluster.key"
     chmod 600 "$WORK/cluster.key"
     {
         cat <<EOF
@@ -191,7 +222,7 @@ state_dir = "$WORK/beta/state"
 name = "$VOLUME"
 port = $REPL_PORT
 protocol = "C"
-compression = "lz4"
+compression = "$COMPRESSION"
 frontend = "$frontend"
 EOF
         [ "$frontend" != nbd ] || echo "nbd_port = $NBD_PORT"
@@ -396,3 +427,197 @@ compare_backing_stores() {
         || fail "the data areas of ${BACKING[alpha]} and ${BACKING[beta]} differ: $(cmp -n "$size" "${BACKING[alpha]}" "${BACKING[beta]}" 2>&1 | head -n 1)"
     info "the first $size bytes of ${BACKING[alpha]} and ${BACKING[beta]} are identical"
 }
+
+# ---------------------------------------------------------------------------------------------
+# fio's numbers and CPU counters (the measurements)
+
+# promote_for_measurement FIRST: alpha primary for a measurement. FIRST=yes (fresh metadata):
+# forced; otherwise a plain promotion, forced if refused (a measurement, not a test of
+# promotions).
+promote_for_measurement() {
+    local refusal
+    if [ "$1" = yes ]; then
+        run tandem_on alpha volume primary "$VOLUME" --force
+    elif refusal=$(tandem_on alpha volume primary "$VOLUME" 2>&1); then
+        info "\$ tandem_on alpha volume primary $VOLUME: done"
+    else
+        info "plain promotion refused ($refusal): forcing it"
+        run tandem_on alpha volume primary "$VOLUME" --force
+    fi
+}
+
+# fio_result NAME DEVICE ID STATUS: checks fio's exit STATUS and its report $OUT/ID.json
+# (flattened to $OUT/ID.flat) and fails the scenario on any problem; else sets FIO_IO_BYTES,
+# FIO_BW (bytes/s), FIO_IOPS, FIO_P50 and FIO_P99 (ns) of the job's writes.
+fio_result() {
+    local name=$1 device=$2 id=$3 status=$4 error value
+    local json=$OUT/$3.json flat=$OUT/$3.flat
+    if [ "$status" != 0 ]; then
+        sed 's/^/      /' "$OUT/$id.stderr"
+        [ "$status" != 124 ] || fail "fio $name on $device did not finish in $((RAMP + RUNTIME + 90))s"
+        fail "fio $name on $device failed with status $status: $(tail -n 1 "$OUT/$id.stderr")"
+    fi
+    json_flatten <"$json" >"$flat"
+    error=$(job_value "$flat" error)
+    FIO_IO_BYTES=$(job_value "$flat" write.io_bytes)
+    FIO_BW=$(job_value "$flat" write.bw_bytes)
+    FIO_IOPS=$(job_value "$flat" write.iops)
+    FIO_P50=$(job_value "$flat" write.clat_ns.percentile.50.000000)
+    FIO_P99=$(job_value "$flat" write.clat_ns.percentile.99.000000)
+    [ "$error" = 0 ] || fail "fio $name on $device reports error ${error:-(none found in its JSON)}"
+    for value in "$FIO_IO_BYTES" "$FIO_BW" "$FIO_IOPS" "$FIO_P50" "$FIO_P99"; do
+        is_number "$value" || fail "fio $name on $device: cannot read its JSON (got '$value'; see $json)"
+    done
+    [ "$FIO_IO_BYTES" -gt 0 ] || fail "fio $name on $device wrote nothing"
+}
+
+# fio_job_args DEVICE NAME RW BS DEPTH JSON: the arguments of one measured fio job into the
+# array FIO_ARGS: libaio with O_DIRECT over the first $SPAN bytes of DEVICE, $RAMP seconds of
+# ramp then $RUNTIME counted, its JSON report to JSON.
+fio_job_args() {
+    # shellcheck disable=SC2034 # the scenarios run fio "${FIO_ARGS[@]}"
+    FIO_ARGS=(
+        --name="$2" --filename="$1" --ioengine=libaio --direct=1
+        --rw="$3" --bs="$4" --iodepth="$5" --numjobs=1
+        --offset=0 --size="$SPAN" --norandommap --randrepeat=1
+        --time_based --ramp_time="$RAMP" --runtime="$RUNTIME"
+        --clocksource=clock_gettime --output-format=json --output="$6"
+    )
+}
+
+# json_flatten: fio's pretty-printed JSON (one member a line) as PATH=VALUE lines, with `#` for
+# an anonymous object: `#.jobs.#.write.iops=123.4`. Enough for fio's output, not for any JSON.
+json_flatten() {
+    awk '
+    function path(   i, p) { p = ""; for (i = 1; i <= depth; i++) p = p stack[i] "."; return p }
+    {
+        line = $0
+        sub(/^[ \t]+/, "", line); sub(/[ \t\r]+$/, "", line)
+        if (line ~ /^[]}],?$/) { if (depth > 0) depth--; next }
+        if (line == "{" || line == "[") { stack[++depth] = "#"; next }
+        if (match(line, /^"[^"]*" *: */)) {
+            key = substr(line, 2, index(substr(line, 2), "\"") - 1)
+            value = substr(line, RSTART + RLENGTH)
+            sub(/,$/, "", value)
+            if (value == "{" || value == "[") { stack[++depth] = key; next }
+            gsub(/^"|"$/, "", value)
+            print path() key "=" value
+        }
+    }'
+}
+
+# job_value FLAT KEY: the value of the (only) job's KEY, e.g. write.iops.
+job_value() {
+    sed -n "s/^#\\.jobs\\.#\\.$2=//p" "$1" | head -n 1
+}
+
+is_number() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+
+# Busy and total CPU ticks of the guest, all CPUs (/proc/stat: idle and iowait are not busy).
+cpu_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+
+# Writes the block device completed (/sys/block/NAME/stat).
+device_writes() { awk '{ print $5 }' "/sys/block/$(basename "$1")/stat"; }
+
+# Sectors (512 bytes) written to the block device (/sys/block/NAME/stat).
+device_sectors_written() { awk '{ print $7 }' "/sys/block/$(basename "$1")/stat"; }
+
+# ---------------------------------------------------------------------------------------------
+# Two guests
+#
+# run.sh joins the two guests of a `# vm-guests: A B` scenario by one virtio-net link. guest_up
+# gives the i-th guest of VM_GUESTS the address 10.99.0.i on eth0 and serves the guest's
+# /run/peer over HTTP (busybox httpd, port 8000, on the link only): a file there is a signal
+# the other guest can wait for, or a small file it can fetch (a key); /cgi-bin/counters
+# answers with the guest's CPU and disk counters at that moment (peer_counters). Every wait is
+# bounded.
+
+PEER_PORT=8000
+PEER_DIR=/run/peer
+
+# guest_address NAME: the link address of guest NAME.
+guest_address() {
+    local name index=0
+    for name in $VM_GUESTS; do
+        index=$((index + 1))
+        [ "$name" != "$1" ] || {
+            echo "10.99.0.$index"
+            return 0
+        }
+    done
+    fail "no guest $1 in VM_GUESTS ($VM_GUESTS)"
+}
+
+# shellcheck disable=SC2317 # called through wait_for
+peer_pings() { ping -c 1 -W 1 "$(guest_address "$PEER")" >/dev/null 2>&1; }
+
+# guest_up: the link up with this guest's address, the hostname set to the guest's name, the
+# signal directory served, and the peer reachable.
+guest_up() {
+    if [ -z "$GUEST" ] || [ -z "$PEER" ]; then
+        fail "guest_up: not a two-guest scenario (vmtest.guest=$GUEST, VM_GUESTS=$VM_GUESTS)"
+    fi
+    load_module virtio_net
+    wait_for 10 "eth0 after insmod virtio_net" test -e /sys/class/net/eth0
+    run hostname "$GUEST"
+    run ip addr add "$(guest_address "$GUEST")/24" dev eth0
+    run ip link set eth0 up
+    mkdir -p "$PEER_DIR/cgi-bin"
+    cat >"$PEER_DIR/cgi-bin/counters" <<'EOF'
+#!/bin/sh
+# This guest's counters now: `cpu BUSY TOTAL` (ticks, all CPUs; idle and iowait are not busy)
+# and, for each virtio disk, `NAME SECTORS-WRITTEN`.
+export PATH=/usr/bin:/bin
+printf 'Content-Type: text/plain\r\n\r\n'
+awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print "cpu", t - $5 - $6, t; exit }' /proc/stat
+for disk in /sys/block/vd*; do
+    [ -e "$disk/stat" ] && printf '%s %s\n' "${disk##*/}" "$(awk '{ print $7 }' "$disk/stat")"
+done
+EOF
+    chmod 755 "$PEER_DIR/cgi-bin/counters"
+    # It runs until the guest powers off.
+    httpd -f -p "$(guest_address "$GUEST"):$PEER_PORT" -h "$PEER_DIR" &
+    wait_for 60 "the peer guest $PEER ($(guest_address "$PEER")) to answer a ping" peer_pings
+    info "$GUEST is $(guest_address "$GUEST"); $PEER answers at $(guest_address "$PEER")"
+}
+
+# signal NAME [FILE]: tells the peer NAME (with FILE's content, if given).
+signal() {
+    if [ -n "${2:-}" ]; then
+        cp "$2" "$PEER_DIR/$1.new"
+    else
+        echo "$GUEST" >"$PEER_DIR/$1.new"
+    fi
+    mv "$PEER_DIR/$1.new" "$PEER_DIR/$1"
+}
+
+# peer_has NAME DEST: the peer has signalled NAME; its content is in DEST. (busybox wget's own
+# -T timeout crashes it, in Debian 12's busybox-static: GNU timeout bounds it instead.)
+peer_has() { timeout 10 wget -q -O "$2" "http://$(guest_address "$PEER"):$PEER_PORT/$1" 2>/dev/null; }
+
+# wait_peer SECONDS NAME [DEST]: waits until the peer signalled NAME; its content goes to DEST.
+# It asks once a second: the peer may be measuring meanwhile, and this guest's CPU counts.
+wait_peer() {
+    local seconds=$1 what=$2 dest=${3:-/dev/null} tries=0
+    local deadline=$((SECONDS + seconds))
+    until peer_has "$what" "$dest"; do
+        tries=$((tries + 1))
+        if ((SECONDS >= deadline || tries > seconds)); then
+            fail "timed out after ${seconds}s ($tries tries) waiting for $PEER to signal $what"
+        fi
+        sleep 1
+    done
+}
+
+# peer_counters: the peer's counters now (see guest_up), e.g. `cpu 1234 56789` and `vda 2048`.
+peer_counters() {
+    timeout 10 wget -q -O - "http://$(guest_address "$PEER"):$PEER_PORT/cgi-bin/counters" \
+        || fail "cannot read $PEER's counters (http://$(guest_address "$PEER"):$PEER_PORT/cgi-bin/counters)"
+}
+
+# barrier SECONDS NAME: signals NAME and waits until the peer did too.
+barrier() {
+    signal "$2"
+    wait_peer "$1" "$2"
+}
+

@@ -38,38 +38,8 @@ JOBS=(
 )
 
 # ---------------------------------------------------------------------------------------------
-# fio and its numbers
-
-# json_flatten: fio's pretty-printed JSON (one member a line) as PATH=VALUE lines, with `#` for
-# an anonymous object: `#.jobs.#.write.iops=123.4`. Enough for fio's output, not for any JSON.
-json_flatten() {
-    awk '
-    function path(   i, p) { p = ""; for (i = 1; i <= depth; i++) p = p stack[i] "."; return p }
-    {
-        line = $0
-        sub(/^[ \t]+/, "", line); sub(/[ \t\r]+$/, "", line)
-        if (line ~ /^[]}],?$/) { if (depth > 0) depth--; next }
-        if (line == "{" || line == "[") { stack[++depth] = "#"; next }
-        if (match(line, /^"[^"]*" *: */)) {
-            key = substr(line, 2, index(substr(line, 2), "\"") - 1)
-            value = substr(line, RSTART + RLENGTH)
-            sub(/,$/, "", value)
-            if (value == "{" || value == "[") { stack[++depth] = key; next }
-            gsub(/^"|"$/, "", value)
-            print path() key "=" value
-        }
-    }'
-}
-
-# job_value FLAT KEY: the value of the (only) job's KEY, e.g. write.iops.
-job_value() {
-    sed -n "s/^#\\.jobs\\.#\\.$2=//p" "$1" | head -n 1
-}
-
-is_number() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-
-# Busy and total CPU ticks of the guest, all CPUs (/proc/stat: idle and iowait are not busy).
-cpu_ticks() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t; exit }' /proc/stat; }
+# fio and its numbers (json_flatten, job_value, is_number, cpu_ticks and device_writes are in
+# guest-lib.sh)
 
 # user + system ticks of a process (0 if none).
 proc_ticks() {
@@ -88,9 +58,6 @@ journal_state() {
         | grep -E '"(active|records|memory_bytes|ring_used_bytes|out_of_sync_bytes)":' \
         | sed 's/^ *"//; s/": /=/; s/,$//' | paste -sd' ' -
 }
-
-# Writes the block device completed (/sys/block/NAME/stat).
-device_writes() { awk '{ print $5 }' "/sys/block/$(basename "$1")/stat"; }
 
 # "MINOR-FAULTS CONTEXT-SWITCHES" of a process, all its threads (0 0 if none).
 proc_events() {
@@ -135,14 +102,8 @@ run_job() {
     read -r name rw bs depth <<<"$3"
     local id=$kind.$name.$PASS
     json=$OUT/$id.json
-    local -a args=(
-        --name="$name" --filename="$device" --ioengine=libaio --direct=1
-        --rw="$rw" --bs="$bs" --iodepth="$depth" --numjobs=1
-        --offset=0 --size="$SPAN" --norandommap --randrepeat=1
-        --time_based --ramp_time="$RAMP" --runtime="$RUNTIME"
-        --clocksource=clock_gettime --output-format=json --output="$json"
-    )
-    info "\$ fio ${args[*]}"
+    fio_job_args "$device" "$name" "$rw" "$bs" "$depth" "$json"
+    info "\$ fio ${FIO_ARGS[*]}"
     sync
     local busy0 total0 busy1 total1 daemon0 daemon1 writes0 writes1 faults0 faults1 switches0 switches1
     writes0=$(device_writes "$device")
@@ -151,7 +112,7 @@ run_job() {
     daemon0=$(proc_ticks "${DAEMON_PID[alpha]:-}")
     thread_ticks "${DAEMON_PID[alpha]:-}" >"$OUT/$id.threads0"
     [ "$kind" != ublk ] || info "before: $(journal_state)"
-    timeout $((RAMP + RUNTIME + 90)) fio "${args[@]}" >"$OUT/$id.stderr" 2>&1 || status=$?
+    timeout $((RAMP + RUNTIME + 90)) fio "${FIO_ARGS[@]}" >"$OUT/$id.stderr" 2>&1 || status=$?
     read -r busy1 total1 < <(cpu_ticks)
     daemon1=$(proc_ticks "${DAEMON_PID[alpha]:-}")
     read -r faults1 switches1 < <(proc_events "${DAEMON_PID[alpha]:-}")
@@ -161,27 +122,14 @@ run_job() {
         journal_state >"$OUT/$id.journal"
         info "after: $(cat "$OUT/$id.journal")"
     fi
-    if [ "$status" != 0 ]; then
-        sed 's/^/      /' "$OUT/$id.stderr"
-        [ "$status" != 124 ] || fail "fio $name on $device did not finish in $((RAMP + RUNTIME + 90))s"
-        fail "fio $name on $device failed with status $status: $(tail -n 1 "$OUT/$id.stderr")"
-    fi
-    json_flatten <"$json" >"$OUT/$id.flat"
-    local flat=$OUT/$id.flat error io_bytes bw iops p50 p99 usr sys
-    error=$(job_value "$flat" error)
-    io_bytes=$(job_value "$flat" write.io_bytes)
-    bw=$(job_value "$flat" write.bw_bytes)
-    iops=$(job_value "$flat" write.iops)
-    p50=$(job_value "$flat" write.clat_ns.percentile.50.000000)
-    p99=$(job_value "$flat" write.clat_ns.percentile.99.000000)
+    local flat=$OUT/$id.flat io_bytes bw iops p50 p99 usr sys value
+    fio_result "$name" "$device" "$id" "$status"
+    io_bytes=$FIO_IO_BYTES bw=$FIO_BW iops=$FIO_IOPS p50=$FIO_P50 p99=$FIO_P99
     usr=$(job_value "$flat" usr_cpu)
     sys=$(job_value "$flat" sys_cpu)
-    [ "$error" = 0 ] || fail "fio $name on $device reports error ${error:-(none found in its JSON)}"
-    local value
-    for value in "$io_bytes" "$bw" "$iops" "$p50" "$p99" "$usr" "$sys"; do
-        is_number "$value" || fail "fio $name on $device: cannot read its JSON (got '$value'; see $json)"
+    for value in "$usr" "$sys"; do
+        is_number "$value" || fail "fio $name on $device: cannot read its CPU use (got '$value'; see $json)"
     done
-    [ "$io_bytes" -gt 0 ] || fail "fio $name on $device wrote nothing"
     # The CPU figures are in percent of one CPU over the whole job (ramp included); CLK_TCK is 100.
     local seconds=$((RAMP + RUNTIME)) guest_cpu daemon_cpu
     guest_cpu=$(awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v n="$(nproc)" \
@@ -227,16 +175,10 @@ run_jobs() {
 # The first time the metadata is fresh and the promotion forced; after a clean stop a plain
 # one should do (forced if refused: this is a measurement, not a test of promotions).
 ublk_up() {
-    local refusal
+    local first=no
     start_daemon alpha
-    if [ -z "${DATA_BYTES:-}" ]; then
-        run tandem_on alpha volume primary "$VOLUME" --force
-    elif refusal=$(tandem_on alpha volume primary "$VOLUME" 2>&1); then
-        info "\$ tandem_on alpha volume primary $VOLUME: done"
-    else
-        info "plain promotion refused ($refusal): forcing it"
-        run tandem_on alpha volume primary "$VOLUME" --force
-    fi
+    [ -n "${DATA_BYTES:-}" ] || first=yes
+    promote_for_measurement "$first"
     DATA_BYTES=$(volume_field alpha size_bytes)
     is_number "$DATA_BYTES" || fail "no size_bytes in alpha's status: $DATA_BYTES"
     SPAN=$((DATA_BYTES >> 20 << 20)) # fio's range: the data area, whole MiB
