@@ -64,6 +64,16 @@ impl TargetCheck {
     }
 }
 
+/// A measured value beside its target: one more digit than a chart shows, so that a value
+/// just under a target does not print as the target.
+fn format_measured(value: f64) -> String {
+    if value.abs() < 10.0 {
+        format!("{value:.3}")
+    } else {
+        format_value(value)
+    }
+}
+
 /// The markdown table of `checks`.
 pub fn target_table(checks: &[TargetCheck]) -> String {
     let mut out =
@@ -74,7 +84,7 @@ pub fn target_table(checks: &[TargetCheck]) -> String {
             "| {} | {} | {} | {} | {} |",
             check.what,
             check.target,
-            check.measured.map_or_else(|| "–".to_string(), format_value),
+            check.measured.map_or_else(|| "–".to_string(), format_measured),
             check.verdict(),
             check.note
         );
@@ -332,7 +342,7 @@ mod tests {
         assert!(markdown.contains("## Write"), "{markdown}");
         assert!(markdown.contains("![chart](write.svg)"), "{markdown}");
         assert!(
-            markdown.contains("| ratio | ≥ 0.85 | 0.50 | MISSED | note |"),
+            markdown.contains("| ratio | ≥ 0.85 | 0.500 | MISSED | note |"),
             "{markdown}"
         );
         assert!(dir.join("write.svg").exists());
