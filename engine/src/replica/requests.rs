@@ -27,7 +27,7 @@ use crate::codec::checksum;
 use crate::journal::record::{self, RecordHeader, RecordKind};
 use crate::protocol::messages::{PeerMessage, ReceivedMark, WriteFlags};
 use crate::state::{ConnState, DiskState, Role};
-use crate::types::{ByteRange, Errno, RangeSet, RequestTag, SECTOR_BYTES, Seq};
+use crate::types::{ByteRange, Errno, Instant, RangeSet, RequestTag, SECTOR_BYTES, Seq};
 
 /// The replica's name for a write it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +136,8 @@ pub(super) struct Requests {
     /// Counts lost connections: a write from the peer that completes after its connection is
     /// gone is applied but not acknowledged (the new connection never sent it).
     connection: u64,
+    /// When the last client request was accepted (a resync gives way to recent clients).
+    pub(super) last_client_request: Option<Instant>,
 }
 
 /// Queued writes whose extents one activity-log transaction considers (DRBD batches up to 64
@@ -257,6 +259,7 @@ impl Replica {
         if let Err(errno) = validate(&request.op, data_bytes, self.config.request_bytes_max) {
             return self.complete(tag, Err(errno));
         }
+        self.requests.last_client_request = Some(self.now.monotonic);
         match request.op {
             ClientOp::Read { offset, length } => {
                 self.requests.reads_in_flight += 1;
