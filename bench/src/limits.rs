@@ -196,8 +196,8 @@ pub fn workloads() -> Vec<Workload> {
 
 /// Measurements `measure` makes (for the progress bar).
 pub fn steps() -> u64 {
-    // Per workload: one store written, both written; reads at depth 32; TCP; stages.
-    workloads().len() as u64 * 2 + 2 + 2 + 1
+    // Per workload: one store written, both written; two reads at depth 32; TCP; stages.
+    workloads().len() as u64 * 2 + 2 + 1 + 1
 }
 
 /// Measures every limit.
