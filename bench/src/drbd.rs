@@ -39,7 +39,7 @@ pub struct DrbdJob {
     pub ratio_mbps: f64,
 }
 
-/// What `scripts/vm/run.sh drbd-perf` reports.
+/// What `scripts/vm/run.sh drbd-perf` reports (the fields the tables use; `raw` keeps all).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct DrbdReport {
     /// `two-guests` or `one-guest`.
@@ -51,6 +51,9 @@ pub struct DrbdReport {
     /// What the scenario says about how it ran.
     #[serde(default)]
     pub notes: String,
+    /// The whole report, as the scenario wrote it (CPU per write, each pass...).
+    #[serde(skip)]
+    pub raw: serde_json::Value,
 }
 
 /// Why the comparison cannot run from `repo`, if it cannot.
@@ -96,15 +99,18 @@ pub fn measure(repo: &Path, runtime_seconds: u64, log: &Path) -> anyhow::Result<
     let path = vm_dir.join("logs/drbd-perf.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let report: DrbdReport =
+    let raw: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut report: DrbdReport = serde_json::from_value(raw.clone())
+        .with_context(|| format!("reading the jobs of {}", path.display()))?;
+    report.raw = raw;
     anyhow::ensure!(!report.jobs.is_empty(), "{} lists no job", path.display());
     Ok(report)
 }
 
 /// Writes the table, the chart and the verdict to `results`.
 pub fn publish(results: &mut Results, report: &DrbdReport) -> anyhow::Result<()> {
-    results.record("drbd", report)?;
+    results.record("drbd", &report.raw)?;
     let mut text = format!(
         "Topology: {}; protocol {}. fio (libaio, O_DIRECT) on tandem's device and on \
          /dev/drbd0, same disks; the guest runs under TCG, so only the ratios mean something.\n\n\
