@@ -15,6 +15,9 @@ use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// Chunks (of at most 256 KiB) the relay holds per direction before it stops reading.
+const QUEUED_CHUNKS_MAX: usize = 64;
+
 /// How the relay shapes each direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Shaping {
@@ -72,7 +75,9 @@ fn due(shaping: Shaping, arrived: Instant, link_free: Instant, bytes: usize) -> 
 
 /// Copies `from` to `to`, each chunk when [`due`] says, until either side closes.
 async fn one_way(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shaping: Shaping) {
-    let (chunks, mut queued) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    // A bounded queue: once it is full the relay stops reading, the sender's socket fills and
+    // it feels the slow link, as behind a real one (netem's default limit is 1000 packets).
+    let (chunks, mut queued) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUED_CHUNKS_MAX);
     let writer = tokio::spawn(async move {
         while let Some((at, chunk)) = queued.recv().await {
             // The emulated propagation delay of the link, not a wait for a condition.
@@ -91,7 +96,7 @@ async fn one_way(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, shaping: Shapi
             Ok(count) => {
                 let (at, free) = due(shaping, Instant::now(), link_free, count);
                 link_free = free;
-                if chunks.send((at, buffer[..count].to_vec())).is_err() {
+                if chunks.send((at, buffer[..count].to_vec())).await.is_err() {
                     break;
                 }
             }

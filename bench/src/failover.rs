@@ -29,8 +29,15 @@ const WITNESS: &str = "127.0.0.3:7790";
 /// The HTTP server's port on each node's address.
 const HTTP_PORT: u16 = 18080;
 
-/// The heartbeat dead time with the defaults (interval 1000 ms × dead after 3).
-pub const DEAD_TIME: Duration = Duration::from_secs(3);
+/// The heartbeat interval, ms: `[heartbeat] interval_ms`'s default, written into the
+/// configuration so that the dead time below is the one the daemons run with.
+const HEARTBEAT_INTERVAL_MS: u64 = 1000;
+
+/// Missed intervals before a link is down: `[heartbeat] dead_after`'s default, written too.
+const HEARTBEAT_DEAD_AFTER: u64 = 3;
+
+/// The heartbeat dead time.
+pub const DEAD_TIME: Duration = Duration::from_millis(HEARTBEAT_INTERVAL_MS * HEARTBEAT_DEAD_AFTER);
 
 /// How long any one wait may take.
 const WAIT: Duration = Duration::from_secs(90);
@@ -65,6 +72,13 @@ pub fn measure(tandem: &Path, dir: &Path, runs: usize) -> anyhow::Result<Vec<Fai
             NODES[active].0
         ));
         let address: SocketAddr = format!("{}:{HTTP_PORT}", NODES[standby].1).parse()?;
+        // Nothing may answer there before the kill (a server the standby's earlier run left
+        // would make the failover look instant).
+        anyhow::ensure!(
+            http_get(address).is_err(),
+            "{} answers HTTP before the kill",
+            NODES[standby].0
+        );
         let killed = Instant::now();
         cluster.kill_daemon(active)?;
         let answered = poll_http(address, WAIT);
@@ -209,6 +223,10 @@ impl LoopbackCluster {
         );
         text += &format!(
             r#"
+[heartbeat]
+interval_ms = {HEARTBEAT_INTERVAL_MS}
+dead_after = {HEARTBEAT_DEAD_AFTER}
+
 [arbitration]
 witness = "{WITNESS}"
 
@@ -303,6 +321,15 @@ interval_ms = 1000
         self.daemons[node] = Some(child);
         let started = Instant::now();
         while !socket.exists() {
+            let exited = self.daemons[node]
+                .as_mut()
+                .map(Child::try_wait)
+                .transpose()
+                .context("waiting for the daemon")?
+                .flatten();
+            if let Some(status) = exited {
+                anyhow::bail!("{name}'s daemon exited ({status})\n{}", self.log_tails());
+            }
             anyhow::ensure!(
                 started.elapsed() < WAIT,
                 "{name}'s admin socket did not appear"
@@ -326,15 +353,22 @@ interval_ms = 1000
     fn restart_as_standby(&mut self, node: usize, active: usize) -> anyhow::Result<()> {
         self.start_daemon(node)?;
         let (name, active_name) = (NODES[node].0, NODES[active].0);
-        self.wait_status(&format!("{name} back as standby, in sync"), |status| {
-            let back = &status[node];
-            back["volumes"][0]["role"] == "secondary"
-                && back["volumes"][0]["disk"] == "up_to_date"
-                && back["volumes"][0]["peer_disk"] == "up_to_date"
-                && back["groups"][0]["active_node"] == active_name
-                && status[active]["groups"][0]["state"] == "running"
-                && status[active]["arbitration"]["lease_held"] == true
-        })
+        self.wait_status(
+            &format!("{name} back as standby, in sync, cleaned up"),
+            |status| {
+                let back = &status[node];
+                let stopped = back["groups"][0]["resources"]
+                    .as_array()
+                    .is_some_and(|resources| resources.iter().all(|r| r["state"] == "stopped"));
+                stopped
+                    && back["volumes"][0]["role"] == "secondary"
+                    && back["volumes"][0]["disk"] == "up_to_date"
+                    && back["volumes"][0]["peer_disk"] == "up_to_date"
+                    && back["groups"][0]["active_node"] == active_name
+                    && status[active]["groups"][0]["state"] == "running"
+                    && status[active]["arbitration"]["lease_held"] == true
+            },
+        )
     }
 
     /// Waits until `ready` holds for both nodes' `status --json`.

@@ -86,22 +86,6 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The storage limit `what` of `workload`.
-    pub fn store(&self, what: &str, workload: Workload) -> Option<&StoreLimit> {
-        let name = workload.name();
-        self.stores
-            .iter()
-            .find(|limit| limit.what == what && limit.workload == name)
-    }
-
-    /// The per-core rate of `stage` on `data`.
-    pub fn stage(&self, stage: &str, data: DataKind) -> Option<f64> {
-        self.stages
-            .iter()
-            .find(|rate| rate.stage == stage && rate.data == data)
-            .map(|rate| rate.megabytes_per_second)
-    }
-
     /// The markdown tables.
     pub fn tables(&self) -> String {
         let mut out = String::from(
@@ -251,7 +235,7 @@ pub fn measure(options: &LimitOptions) -> anyhow::Result<Limits> {
         stores.push(StoreLimit::new("one store, read", workload, &read));
     }
     progress::step("ceiling: TCP between the node addresses");
-    let tcp = measure_tcp(options.schedule.warmup + options.schedule.measure)?;
+    let tcp = measure_tcp(options.schedule.measure)?;
     progress::step("ceiling: per-core stage rates");
     let stages = measure_stage_rates(options.stage_time)?;
     Ok(Limits {
@@ -278,7 +262,9 @@ fn data_for(workload: Workload) -> DataSet {
 pub fn measure_tcp(time: Duration) -> anyhow::Result<TcpLimit> {
     let listener = TcpListener::bind(SocketAddr::from((PEER_ADDRESS, 0)))
         .context("listening on 127.0.0.2 (loopback: every 127/8 address is local)")?;
-    let address = listener.local_addr()?;
+    // Connected before the receiver starts (the kernel completes the handshake): a failed
+    // connect leaves no thread waiting in accept.
+    let mut stream = connect_from_first(listener.local_addr()?)?;
     let sink = std::thread::spawn(move || -> std::io::Result<u64> {
         let (mut stream, _) = listener.accept()?;
         let mut buffer = vec![0u8; TCP_CHUNK_BYTES];
@@ -290,7 +276,6 @@ pub fn measure_tcp(time: Duration) -> anyhow::Result<TcpLimit> {
             }
         }
     });
-    let mut stream = connect_from_first(address)?;
     let chunk = vec![0x5Au8; TCP_CHUNK_BYTES];
     let started = Instant::now();
     let mut sent = 0u64;
@@ -322,7 +307,7 @@ pub fn measure_tcp(time: Duration) -> anyhow::Result<TcpLimit> {
 pub fn measure_rtt() -> anyhow::Result<(f64, f64)> {
     let listener =
         TcpListener::bind(SocketAddr::from((PEER_ADDRESS, 0))).context("listening on 127.0.0.2")?;
-    let address = listener.local_addr()?;
+    let mut stream = connect_from_first(listener.local_addr()?)?;
     let echo = std::thread::spawn(move || -> std::io::Result<()> {
         let (mut stream, _) = listener.accept()?;
         stream.set_nodelay(true)?;
@@ -333,7 +318,6 @@ pub fn measure_rtt() -> anyhow::Result<(f64, f64)> {
         }
         Ok(())
     });
-    let mut stream = connect_from_first(address)?;
     stream.set_nodelay(true)?;
     let mut buffer = [7u8; 64];
     let mut samples = Vec::with_capacity(RTT_SAMPLES);

@@ -197,8 +197,14 @@ fn run_with_deadline(command: &mut Command, deadline: Duration) -> anyhow::Resul
     });
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().context("waiting for fio")? {
-            break status;
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(error) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(anyhow::Error::new(error).context("waiting for fio"));
+            }
         }
         if started.elapsed() > deadline {
             let _ = child.kill();

@@ -348,8 +348,8 @@ impl Pair {
 
     /// Waits until both nodes are `established` and `up_to_date` with nothing out of sync and
     /// nothing unacknowledged; returns the kinds of sync the primary reported meanwhile (`full`,
-    /// `bitmap`, `journal`, `checksum`) and how long it took. Fails after `timeout` or if the link drops.
-    pub fn wait_synced(&self, timeout: Duration) -> anyhow::Result<(Vec<&'static str>, Duration)> {
+    /// `bitmap`, `journal`, `checksum`). Fails after `timeout` or if the link drops.
+    pub fn wait_synced(&self, timeout: Duration) -> anyhow::Result<Vec<&'static str>> {
         let started = Instant::now();
         let mut kinds = Vec::new();
         loop {
@@ -385,7 +385,7 @@ impl Pair {
                     && status.peer_writes_pending == 0
             });
             if synced {
-                return Ok((kinds, started.elapsed()));
+                return Ok(kinds);
             }
             anyhow::ensure!(
                 started.elapsed() < timeout,

@@ -129,7 +129,8 @@ impl BarChart {
                 ("sans-serif", 13),
             )
         }))?;
-        let top = SegmentValue::Last;
+        // The line stops at the top of the first bar: the band above holds the legend.
+        let top = SegmentValue::Exact(count);
         let bottom = SegmentValue::Exact(0);
         if let Some((value, name)) = &self.target {
             chart
@@ -141,11 +142,13 @@ impl BarChart {
                 ))?
                 .label(name.as_str())
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 18, y)], RED.stroke_width(2)));
+            // The segmented axis leaves an empty band above the first bar: the legend goes
+            // there, clear of every bar and value.
             chart
                 .configure_series_labels()
                 .background_style(WHITE.mix(0.8))
                 .border_style(BLACK)
-                .position(SeriesLabelPosition::LowerRight)
+                .position(SeriesLabelPosition::UpperRight)
                 .draw()?;
         }
         root.present()?;

@@ -50,6 +50,18 @@ pub fn step(what: &str) {
     }
 }
 
+/// The measurements begun so far.
+pub fn position() -> u64 {
+    bar().as_ref().map_or(0, ProgressBar::position)
+}
+
+/// Counts the measurements up to `position` as begun (those a failed part did not reach).
+pub fn skip_to(position: u64) {
+    if let Some(progress) = bar().as_ref() {
+        progress.set_position(position.max(progress.position()));
+    }
+}
+
 /// Prints a line above the bar (or on standard error without one).
 pub fn note(line: &str) {
     match bar().as_ref() {

@@ -80,7 +80,7 @@ pub fn steps() -> u64 {
 pub struct Comparison {
     /// The job.
     pub job: &'static str,
-    /// tandem: MB/s, IOPS, p50/p99 µs (mean of the two runs; latencies of the first).
+    /// tandem: MB/s, IOPS, p50/p99 µs (means of the two runs).
     pub tandem: ServerResult,
     /// qemu-nbd.
     pub qemu: ServerResult,

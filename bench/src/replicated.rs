@@ -23,6 +23,7 @@ use engine::runtime::VolumeHandle;
 use engine::runtime::backing::Backing;
 use engine::runtime::link::LinkTraffic;
 
+use crate::ceiling;
 use crate::data::{DataKind, DataSet};
 use crate::delay::Shaping;
 use crate::linkonly::LinkPair;
@@ -32,7 +33,6 @@ use crate::nbd::{self, NbdServer};
 use crate::pair::{self, Backlog, Pair, PairConfig, traffic_since};
 use crate::report::{Measurement, PeerLag, Report, Row, Skipped};
 use crate::stats::RunStats;
-use crate::{ceiling, stages};
 
 /// Bytes per write of the sequential workloads, and of the blocks the stage rates use.
 pub const SEQUENTIAL_BLOCK_BYTES: u64 = 1 << 20;
@@ -126,7 +126,7 @@ pub fn run(options: &Options) -> anyhow::Result<Report> {
     };
     if !options.stage_time.is_zero() {
         progress("per-core stage rates");
-        report.stages = measure_stages(options.stage_time)?;
+        report.stages = crate::limits::measure_stage_rates(options.stage_time)?;
     }
     let nbd_skip = if options.paths.contains(&PathKind::Nbd) {
         nbd::fio_unavailable()
@@ -267,11 +267,11 @@ impl Bench<'_> {
         error: &anyhow::Error,
     ) {
         let reason = format!("failed: {error:#}");
-        eprintln!(
+        crate::progress::note(&format!(
             "tandem-bench: {} {path} {}, {codec}: {reason}",
             self.workload.name(),
             protocol_name(protocol)
-        );
+        ));
         report.skipped.push(Skipped {
             workload: self.workload.name(),
             path,
@@ -400,7 +400,9 @@ impl Bench<'_> {
             .map_err(|refusal| anyhow::anyhow!("closing the local volume: {refusal}"))?;
         let stats = stats.context("local")?;
         if journal != Backlog::default() {
-            eprintln!("tandem-bench: the local volume's journal at the end: {journal:?}");
+            crate::progress::note(&format!(
+                "tandem-bench: the local volume's journal at the end: {journal:?}"
+            ));
         }
         Ok(self.row("local", None, &Measurement::from(&stats), cpu))
     }
@@ -554,10 +556,10 @@ impl Bench<'_> {
     /// Says that the pair measured for `what` failed after its run, and returns why.
     fn failure(&self, what: &str, error: &anyhow::Error) -> String {
         let reason = format!("{error:#}");
-        eprintln!(
+        crate::progress::note(&format!(
             "tandem-bench: {} {what}: failed after the run: {reason}",
             self.workload.name()
-        );
+        ));
         reason
     }
 }
@@ -698,10 +700,10 @@ fn watch_backlog<T>(
 fn idle_check() -> Option<f64> {
     let busy = machine_busy_cores(IDLE_CHECK);
     if let Some(busy) = busy.filter(|&busy| busy > 0.2) {
-        eprintln!(
+        crate::progress::note(&format!(
             "tandem-bench: warning: the machine was not idle before the run ({busy:.2} cores \
              busy): other work competes for the cores, expect noise"
-        );
+        ));
     }
     busy
 }
@@ -717,20 +719,6 @@ fn machine_busy_cores(time: Duration) -> Option<f64> {
 fn wire_ratio(traffic: LinkTraffic) -> Option<f64> {
     (traffic.payload_bytes_sent > 0)
         .then(|| traffic.wire_bytes_sent as f64 / traffic.payload_bytes_sent as f64)
-}
-
-fn measure_stages(time: Duration) -> anyhow::Result<Vec<stages::StageRate>> {
-    let random = DataSet::new(
-        DataKind::Random,
-        SEQUENTIAL_BLOCK_BYTES as usize,
-        DataSet::BLOCKS_DEFAULT,
-    );
-    let compressible = DataSet::new(
-        DataKind::Compressible,
-        SEQUENTIAL_BLOCK_BYTES as usize,
-        DataSet::BLOCKS_DEFAULT,
-    );
-    stages::measure(&[&random, &compressible], time)
 }
 
 fn progress(what: &str) {
@@ -765,11 +753,11 @@ pub fn prepare_file(path: &Path, size_bytes: u64) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     let started = Instant::now();
-    eprintln!(
+    crate::progress::note(&format!(
         "tandem-bench: writing {} ({} MiB) once",
         path.display(),
         size_bytes >> 20
-    );
+    ));
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut writer = std::io::BufWriter::with_capacity(1 << 20, file);
@@ -783,10 +771,10 @@ pub fn prepare_file(path: &Path, size_bytes: u64) -> anyhow::Result<()> {
     let file = writer.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()
         .with_context(|| format!("syncing {}", path.display()))?;
-    eprintln!(
+    crate::progress::note(&format!(
         "tandem-bench: written in {:.1} s",
         started.elapsed().as_secs_f64()
-    );
+    ));
     Ok(())
 }
 

@@ -84,7 +84,9 @@ pub fn target_table(checks: &[TargetCheck]) -> String {
             "| {} | {} | {} | {} | {} |",
             check.what,
             check.target,
-            check.measured.map_or_else(|| "–".to_string(), format_measured),
+            check
+                .measured
+                .map_or_else(|| "–".to_string(), format_measured),
             check.verdict(),
             check.note
         );
@@ -114,7 +116,16 @@ impl Results {
             markdown: String::new(),
             checks: Vec::new(),
         };
-        // A folder is one run: a second run into it starts the files anew.
+        // A folder is one run: a second run into it starts the files anew, charts included
+        // (only in a folder that holds an earlier run's results).
+        if dir.join("results.jsonl").exists() {
+            for entry in std::fs::read_dir(dir)?.flatten() {
+                let path = entry.path();
+                if path.extension().is_some_and(|extension| extension == "svg") {
+                    let _ = std::fs::remove_file(path);
+                }
+            }
+        }
         for file in ["results.jsonl", "results.md"] {
             let _ = std::fs::remove_file(dir.join(file));
         }

@@ -91,13 +91,17 @@ pub struct SyncCeiling {
     pub copy_megabytes_per_second: [f64; 2],
     /// TCP between the node addresses, one stream, MB/s.
     pub tcp_megabytes_per_second: f64,
+    /// The rate the link was shaped to (`--rate-mbit`), MB/s.
+    pub link_rate_megabytes_per_second: Option<f64>,
 }
 
 impl SyncCeiling {
-    /// The lower of the mean copy rate and TCP.
+    /// The lowest of the mean copy rate, TCP and the shaped link's rate.
     pub fn megabytes_per_second(&self) -> f64 {
         let [before, after] = self.copy_megabytes_per_second;
-        ((before + after) / 2.0).min(self.tcp_megabytes_per_second)
+        ((before + after) / 2.0)
+            .min(self.tcp_megabytes_per_second)
+            .min(self.link_rate_megabytes_per_second.unwrap_or(f64::INFINITY))
     }
 }
 
@@ -142,7 +146,7 @@ pub fn measure(options: &ResyncOptions) -> anyhow::Result<ResyncReport> {
     progress::step("resync: ceiling (the data area copied raw from one store to the other; TCP)");
     let data_bytes = data_bytes(options.size_bytes)?;
     let copy_before = raw_copy(&options.files, data_bytes)?;
-    let tcp = limits::measure_tcp(options.schedule.warmup + options.schedule.measure)?;
+    let tcp = limits::measure_tcp(options.schedule.measure)?;
     let config = PairConfig {
         link_shaping: options.shaping,
         ..PairConfig::new(options.files.clone(), options.compression)
@@ -192,6 +196,10 @@ pub fn measure(options: &ResyncOptions) -> anyhow::Result<ResyncReport> {
     let ceiling = SyncCeiling {
         copy_megabytes_per_second: [copy_before, raw_copy(&options.files, data_bytes)?],
         tcp_megabytes_per_second: tcp.megabytes_per_second,
+        link_rate_megabytes_per_second: options
+            .shaping
+            .rate_bytes_per_second
+            .map(|rate| rate as f64 / 1e6),
     };
     for row in &mut rows {
         // Full and checksum syncs cover the volume, as the copy does.
@@ -224,7 +232,7 @@ fn timed_sync(
     let traffic_before = pair.traffic();
     let started = Instant::now();
     start(pair).with_context(|| format!("starting the {what}"))?;
-    let (kinds, _) = pair
+    let kinds = pair
         .wait_synced(SYNC_TIMEOUT)
         .with_context(|| format!("waiting for the {what}"))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -443,9 +451,14 @@ pub fn publish(results: &mut Results, report: &ResyncReport) -> anyhow::Result<(
     results.record("resync-ceiling", &report.ceiling)?;
     results.record("resync-latency", &report.latency)?;
     let ceiling = report.ceiling;
+    let shaped = ceiling
+        .link_rate_megabytes_per_second
+        .map_or_else(String::new, |rate| {
+            format!("; the link shaped to {rate:.0} MB/s")
+        });
     let mut text = format!(
         "Ceiling: {:.0} MB/s (the data area copied raw from one store to the other at {:.0} MB/s \
-         before the syncs and {:.0} MB/s after them; TCP {:.0} MB/s).\n\n\
+         before the syncs and {:.0} MB/s after them; TCP {:.0} MB/s{shaped}).\n\n\
          | sync | volume MiB | dirty MiB | how | seconds | MB/s | × ceiling | wire MiB |\n\
          |---|---:|---:|---|---:|---:|---:|---:|\n",
         ceiling.megabytes_per_second(),
@@ -500,7 +513,7 @@ pub fn checks(report: &ResyncReport) -> Vec<TargetCheck> {
         "full sync × its ceiling",
         full.and_then(|row| row.ratio_to_ceiling),
         0.85,
-        "volume bytes per second over min(raw copy of the data area, TCP), measured in the run",
+        "volume bytes per second over min(raw copy of the data area, TCP, shaped link rate), measured in the run",
     )];
     if let (Some(full), Some(incremental)) = (full, incremental) {
         let bound = 0.02 * full.seconds + 1.0;

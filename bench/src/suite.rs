@@ -225,7 +225,9 @@ impl Settings {
         progress::add(parts.iter().map(|&part| self.steps(part)).sum());
         let mut failed = Vec::new();
         for &part in parts {
+            let end = progress::position() + self.steps(part);
             if let Err(error) = self.run(part, results) {
+                progress::skip_to(end);
                 let reason = format!("{error:#}");
                 progress::note(&format!("tandem-bench: {} failed: {reason}", part.name()));
                 results.record(

@@ -26,13 +26,7 @@ const GIB: f64 = (1u64 << 30) as f64;
 /// The engine and NBD measurements: the whole matrix, or in a quick run every protocol with
 /// lz4 (the daemon's default codec) and the other codecs with protocol C only.
 pub fn matrix(quick: bool) -> (Vec<Run>, Vec<Run>) {
-    let protocols = [Protocol::A, Protocol::B, Protocol::C];
-    let all = |codecs: &[Compression]| -> Vec<Run> {
-        codecs
-            .iter()
-            .flat_map(|&codec| protocols.iter().map(move |&protocol| (codec, protocol)))
-            .collect()
-    };
+    let all = |codecs: &[Compression]| product(codecs, &[Protocol::A, Protocol::B, Protocol::C]);
     if quick {
         let mut engine = all(&[Compression::Lz4]);
         engine.push((Compression::None, Protocol::C));
@@ -42,6 +36,14 @@ pub fn matrix(quick: bool) -> (Vec<Run>, Vec<Run>) {
         let codecs = [Compression::None, Compression::Lz4, Compression::Zstd];
         (all(&codecs), all(&codecs))
     }
+}
+
+/// Every codec with every protocol, codec by codec.
+pub fn product(codecs: &[Compression], protocols: &[Protocol]) -> Vec<Run> {
+    codecs
+        .iter()
+        .flat_map(|&codec| protocols.iter().map(move |&protocol| (codec, protocol)))
+        .collect()
 }
 
 /// Fills `options` with this subcommand's workloads, paths and matrix.

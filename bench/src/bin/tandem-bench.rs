@@ -178,13 +178,17 @@ struct SuiteArgs {
 
 impl SuiteArgs {
     fn settings(&self) -> anyhow::Result<Settings> {
-        let size_bytes = self
-            .size_mib
-            .map_or_else(|| Settings::default_size_bytes(self.quick), |mib| mib << 20);
+        let size_bytes = match self.size_mib {
+            None => Settings::default_size_bytes(self.quick),
+            Some(mib) => mib
+                .checked_mul(1 << 20)
+                .with_context(|| format!("--size-mib {mib} is too large"))?,
+        };
         anyhow::ensure!(size_bytes >= 256 << 20, "--size-mib must be at least 256");
         let rate_bytes_per_second = match self.rate_mbit {
-            Some(mbit) if mbit > 0.0 && mbit.is_finite() => Some((mbit * 1e6 / 8.0) as u64),
-            Some(mbit) => anyhow::bail!("--rate-mbit must be positive, not {mbit}"),
+            // At least 1 kbit/s: anything slower rounds to nothing.
+            Some(mbit) if mbit >= 0.001 && mbit.is_finite() => Some((mbit * 1e6 / 8.0) as u64),
+            Some(mbit) => anyhow::bail!("--rate-mbit must be at least 0.001, not {mbit}"),
             None => None,
         };
         let tandem = match &self.tandem {
@@ -323,8 +327,8 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
             measure: seconds(args.seconds, "--seconds")?,
         },
         workloads: workloads(args),
-        engine_runs: product(&args.compression, &args.protocols),
-        nbd_runs: product(&args.nbd_compression, &args.protocols),
+        engine_runs: bench::write::product(&args.compression, &args.protocols),
+        nbd_runs: bench::write::product(&args.nbd_compression, &args.protocols),
         layout,
         journal_memory_bytes: args.journal_memory_mib << 20,
         link_shaping: Shaping {
@@ -357,14 +361,6 @@ fn replicated_command(args: &ReplicatedArgs) -> anyhow::Result<()> {
     report.append_json_lines(&args.results, &run)?;
     println!("Results appended to {}.", args.results.display());
     Ok(())
-}
-
-/// Every codec with every protocol, codec by codec.
-fn product(codecs: &[Compression], protocols: &[Protocol]) -> Vec<(Compression, Protocol)> {
-    codecs
-        .iter()
-        .flat_map(|&codec| protocols.iter().map(move |&protocol| (codec, protocol)))
-        .collect()
 }
 
 /// The workloads asked for, sequential first, each in the order of its depths.

@@ -92,6 +92,9 @@ pub struct ReplicaConfig {
     pub replication_window_bytes: u64,
     /// Resync bytes in flight (read, sent, not yet acknowledged) when clients are idle.
     pub resync_window_bytes: u64,
+    /// Clients count as active (the resync keeps one chunk in flight) while a request is in
+    /// flight or was accepted within this long.
+    pub resync_client_quiet: Duration,
     /// Largest resync read.
     pub resync_chunk_bytes: u64,
     /// An optional cap on the resync rate.
@@ -117,6 +120,7 @@ impl ReplicaConfig {
             ping_timeout: Duration::from_secs(6),
             replication_window_bytes: 64 << 20,
             resync_window_bytes: 16 << 20,
+            resync_client_quiet: Duration::from_millis(100),
             resync_chunk_bytes: 1 << 20,
             resync_rate_bytes_per_second_max: None,
             #[cfg(feature = "sim")]

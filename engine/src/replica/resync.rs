@@ -34,13 +34,6 @@ use crate::protocol::messages::{BITMAP_CHUNK_BYTES_MAX, DigestPurpose, PeerMessa
 use crate::state::{DiskState, ReplState};
 use crate::types::{ByteRange, Errno, Instant, Seq};
 
-/// A resync source keeps one chunk in flight (instead of the whole window) while a client
-/// request is in flight or was accepted within this long. A client at queue depth 1 has
-/// nothing in flight between its requests; a whole window queued ahead of its next write on
-/// the link and on the peer's disk cost it milliseconds (`tandem-bench resync`: 4 KiB writes at
-/// depth 1 during a full sync had a p50 of 11.5 ms against 0.23 ms idle).
-const CLIENT_QUIET: std::time::Duration = std::time::Duration::from_millis(100);
-
 /// Granules per bitmap message.
 const BITMAP_GRANULES_PER_MESSAGE: u64 = 1 << 20;
 /// Throughput samples kept for the rate estimate.
@@ -428,17 +421,13 @@ impl Replica {
             return false;
         }
         let now = self.now.monotonic;
-        let client_recent = self
-            .requests
-            .last_client_request
-            .is_some_and(|at| now.since(at) < CLIENT_QUIET);
-        let client_busy = self.requests.client_writes() > 0 || client_recent;
         let chunk_bytes = self.config.resync_chunk_bytes;
-        let window = if client_busy {
-            chunk_bytes
-        } else {
-            self.config.resync_window_bytes
-        };
+        let window = resync_window(
+            &self.config,
+            self.requests.in_flight(),
+            self.requests.last_client_request,
+            now,
+        );
         let rate = self.config.resync_rate_bytes_per_second_max;
         let Some(Resync::Source(source)) = &mut self.peer.resync else {
             return false;
@@ -881,4 +870,64 @@ enum RunSearch {
     Skip,
     Wrap,
     Exhausted,
+}
+
+/// Bytes a resync source keeps in flight: one chunk while clients are active (a request in
+/// flight, or one accepted within `resync_client_quiet`), the whole window otherwise. A
+/// client at queue depth 1 has nothing in flight between its requests; a whole window queued
+/// ahead of its next write on the link and the peer's disk costs it milliseconds
+/// (`tandem-bench resync`: 4 KiB writes at depth 1 during a full sync had a p50 of 11.5 ms
+/// against 0.23 ms idle when only requests in flight counted; 0.8 ms with this rule).
+fn resync_window(
+    config: &super::ReplicaConfig,
+    requests_in_flight: usize,
+    last_client_request: Option<Instant>,
+    now: Instant,
+) -> u64 {
+    let recent = last_client_request.is_some_and(|at| now.since(at) < config.resync_client_quiet);
+    if requests_in_flight > 0 || recent {
+        config.resync_chunk_bytes
+    } else {
+        config.resync_window_bytes
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::replica::ReplicaConfig;
+    use crate::types::NodeId;
+
+    #[test]
+    fn a_resync_keeps_one_chunk_in_flight_while_clients_are_active() {
+        let config = ReplicaConfig::new("r0", NodeId(0));
+        let (chunk, window) = (config.resync_chunk_bytes, config.resync_window_bytes);
+        assert!(chunk < window);
+        let now = Instant::from_nanos(10_000_000_000);
+        let ago = |millis: u64| Some(Instant::from_nanos(now.as_nanos() - millis * 1_000_000));
+        assert_eq!(
+            resync_window(&config, 0, None, now),
+            window,
+            "never a client"
+        );
+        assert_eq!(
+            resync_window(&config, 1, None, now),
+            chunk,
+            "a request in flight"
+        );
+        assert_eq!(
+            resync_window(&config, 0, ago(0), now),
+            chunk,
+            "one just now"
+        );
+        assert_eq!(resync_window(&config, 0, ago(99), now), chunk, "99 ms ago");
+        assert_eq!(
+            resync_window(&config, 0, ago(100), now),
+            window,
+            "100 ms ago"
+        );
+        assert_eq!(config.resync_client_quiet, Duration::from_millis(100));
+    }
 }
