@@ -50,8 +50,8 @@ fn main() -> ExitCode {
     let bug_flag = planted_bug.map_or(String::new(), |bug| format!(" --plant-bug {}", bug.name()));
     let run_single = only.as_deref() != Some("cluster");
     let run_cluster = only.as_deref() != Some("single");
-    let run = |seed: u64| -> Result<[u64; 13], String> {
-        let mut totals = [0; 13];
+    let run = |seed: u64| -> Result<[u64; 14], String> {
+        let mut totals = [0; 14];
         if run_single {
             let report =
                 run_seed(&SimOptions { seed, planted_bug }).map_err(|e| format!("single: {e}"))?;
@@ -74,6 +74,7 @@ fn main() -> ExitCode {
             totals[10] += u64::from(report.verifies.1);
             totals[11] += u64::from(report.checksum_resyncs);
             totals[12] += u64::from(report.split_brains);
+            totals[13] += report.pieced_writes;
         }
         Ok(totals)
     };
@@ -101,7 +102,7 @@ fn main() -> ExitCode {
     let Some(count) = seeds else { return usage() };
     let started = Instant::now();
     let mut failures = 0u64;
-    let mut totals = [0u64; 13];
+    let mut totals = [0u64; 14];
     for seed in first..first + count {
         match run(seed) {
             Ok(seed_totals) => {
@@ -128,7 +129,7 @@ fn main() -> ExitCode {
         "ran {count} seeds in {:.1} s: {} client ops, {} crashes, {} journal checks, {} failovers, \
          {} resyncs, {} identical-replica checks, {} prefix checks, {} journal catch-ups ({} \
          finished), {} verifies ({} planted corruptions found), {} checksum resyncs, {} split brains \
-         resolved",
+         resolved, {} client writes cut into pieces",
         started.elapsed().as_secs_f64(),
         totals[0],
         totals[1],
@@ -142,7 +143,8 @@ fn main() -> ExitCode {
         totals[9],
         totals[10],
         totals[11],
-        totals[12]
+        totals[12],
+        totals[13]
     );
     println!("seeds: {count}, failures: {failures}");
     if failures == 0 {

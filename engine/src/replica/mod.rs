@@ -81,6 +81,12 @@ pub struct ReplicaConfig {
     /// The largest client write accepted (at most 32 MiB, the journal's record limit). The
     /// activity log must hold the extents of one such write plus two.
     pub request_bytes_max: u64,
+    /// While the peer receives writes under protocol B or C and at most one other client
+    /// write is in flight, a client data write is cut at multiples of this many bytes of the
+    /// volume into writes of their own (the request completes once, when all of them have):
+    /// the peer receives, opens and writes the first piece while the rest is still being
+    /// sealed and sent, instead of one large write after the whole transfer.
+    pub write_piece_bytes: u64,
     /// How often changed bitmap pages are written even when no extent leaves the activity log.
     pub bitmap_flush_interval: Duration,
     /// How often a ping goes to a connected peer.
@@ -115,6 +121,7 @@ impl ReplicaConfig {
             journal_memory_bytes_max: 64 << 20,
             requests_in_flight_max: 4096,
             request_bytes_max: crate::journal::record::RECORD_PAYLOAD_BYTES_MAX,
+            write_piece_bytes: 256 << 10,
             bitmap_flush_interval: Duration::from_secs(10),
             ping_interval: Duration::from_secs(1),
             ping_timeout: Duration::from_secs(6),
@@ -772,6 +779,11 @@ impl Replica {
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// Client data writes cut into pieces so far (see `ReplicaConfig::write_piece_bytes`).
+    pub fn pieced_writes(&self) -> u64 {
+        self.requests.pieced_writes()
     }
 
     /// The current role.

@@ -19,6 +19,8 @@ struct Node {
     completions: Vec<ClientCompletion>,
     admin: Vec<(u64, Result<(), Refusal>)>,
     events: Vec<String>,
+    /// Every storage write submitted: backing offset and length.
+    writes: Vec<(u64, u64)>,
 }
 
 impl Node {
@@ -59,6 +61,7 @@ impl Node {
             completions: Vec::new(),
             admin: Vec::new(),
             events: Vec::new(),
+            writes: Vec::new(),
         }
     }
 
@@ -72,7 +75,12 @@ impl Node {
     fn pump(&mut self) {
         while let Some(output) = self.replica.poll_output() {
             match output {
-                Output::Storage(request) => self.disk.submit(request, self.now_nanos),
+                Output::Storage(request) => {
+                    if let StorageOp::Write { offset, data, .. } = &request.op {
+                        self.writes.push((*offset, data.len() as u64));
+                    }
+                    self.disk.submit(request, self.now_nanos)
+                }
                 Output::Client(completion) => self.completions.push(completion),
                 Output::AdminDone { id, result } => self.admin.push((id, result)),
                 Output::Event(event) => self.events.push(event.to_string()),
@@ -246,6 +254,32 @@ mod io {
         let data = node.read(4096, 8192);
         assert!(data[..4096].iter().all(|&b| b == 0));
         assert!(data[4096..].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn a_large_write_without_the_peer_is_one_storage_write() {
+        let mut node = primary();
+        let piece = node.replica.config.write_piece_bytes;
+        // It spans four piece boundaries; pieces pay only while a peer receives the write.
+        let (offset, length) = (piece - 4096, 4096 + 3 * piece + 1024);
+        let data: Vec<u8> = (0..length).map(|i| (i % 251) as u8).collect();
+        node.writes.clear();
+        node.run(ClientOp::Write {
+            offset,
+            data: IoBuf::copy_from(&data),
+            fua: false,
+        })
+        .expect("write");
+        let data_area = node.replica.size_bytes().expect("attached");
+        let data_writes: Vec<(u64, u64)> = node
+            .writes
+            .iter()
+            .copied()
+            .filter(|(at, _)| *at < data_area)
+            .collect();
+        assert_eq!(data_writes, vec![(offset, length)]);
+        assert_eq!(node.replica.pieced_writes(), 0);
+        assert_eq!(node.read(offset, length), data);
     }
 
     #[test]

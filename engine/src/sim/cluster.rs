@@ -72,6 +72,8 @@ pub struct ClusterReport {
     pub split_brains: u32,
     /// Messages delivered.
     pub messages: u64,
+    /// Client writes the primaries cut into pieces (`ReplicaConfig::write_piece_bytes`).
+    pub pieced_writes: u64,
 }
 
 /// Runs the two-node scenario of one seed.
@@ -251,6 +253,7 @@ impl Cluster {
             config.replication_window_bytes = (64 << 10) * prng.range_inclusive(1, 16);
             config.resync_window_bytes = (64 << 10) * prng.range_inclusive(1, 16);
             config.resync_chunk_bytes = u64::from(granule_bytes) * prng.range_inclusive(1, 8);
+            config.write_piece_bytes = 4096 << prng.below(6);
             if prng.chance(1, 4) {
                 config.resync_rate_bytes_per_second_max =
                     Some((16 << 20) * prng.range_inclusive(1, 8));
@@ -322,7 +325,17 @@ impl Cluster {
         }
         self.heal_and_converge()?;
         self.report.messages = self.network.delivered;
+        for node in 0..2 {
+            self.count_pieced_writes(node);
+        }
         Ok(self.report.clone())
+    }
+
+    /// Adds the pieced writes of `node`'s replica, which is about to go (crash or end).
+    fn count_pieced_writes(&mut self, node: usize) {
+        if let Some(replica) = &self.nodes[node].replica {
+            self.report.pieced_writes += replica.pieced_writes();
+        }
     }
 
     fn pick_phase(&mut self) -> Phase {
@@ -402,6 +415,7 @@ impl Cluster {
             return;
         }
         self.report.crashes += 1;
+        self.count_pieced_writes(node);
         let reset = self.prng.chance(1, 2);
         self.note(format!("crash node {node} (reset {reset})"));
         self.nodes[node].replica = None;
