@@ -374,6 +374,10 @@ impl Sim {
 
     fn step(&mut self) -> Result<(), String> {
         let now = self.now;
+        // The volumes first: whatever is delivered now is handled with readiness as of now,
+        // as the daemon reads it before it handles an event.
+        self.step_volumes()?;
+        self.refresh_ready();
         // Deliver what is due.
         let mut due = Vec::new();
         let mut index = 0;
@@ -387,10 +391,10 @@ impl Sim {
         for pending in due {
             self.deliver(pending)?;
         }
-        self.step_volumes()?;
+        // Again, for a node that booted just now.
+        self.refresh_ready();
         let replication = self.replication();
         for (node, replication) in replication.into_iter().enumerate() {
-            let ready = self.ready[node] || self.options.plant == Some(Plant::IgnoreReady);
             let mut changed = None;
             if let Some(n) = &mut self.nodes[node] {
                 for event in n.heartbeats.tick(now) {
@@ -398,7 +402,6 @@ impl Sim {
                 }
                 let alive = n.heartbeats.peer_alive();
                 n.cluster.peer(now, alive, None);
-                n.cluster.set_ready(now, 0, ready);
                 n.cluster.set_replication(now, replication);
                 n.cluster.tick(now);
                 if n.cluster.take_advert_changed() {
@@ -435,6 +438,17 @@ impl Sim {
             self.drain(node);
         }
         self.check()
+    }
+
+    /// Tells each node's cluster core its volumes' readiness.
+    fn refresh_ready(&mut self) {
+        let now = self.now;
+        for node in 0..2 {
+            let ready = self.ready[node] || self.options.plant == Some(Plant::IgnoreReady);
+            if let Some(n) = &mut self.nodes[node] {
+                n.cluster.set_ready(now, 0, ready);
+            }
+        }
     }
 
     fn send_beat(&mut self, from: usize, link: usize, beat: Beat, advert: Advert) {

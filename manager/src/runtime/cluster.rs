@@ -153,6 +153,12 @@ fn fingerprint(text: &str) -> u32 {
     })
 }
 
+/// What woke the cluster task, besides its timer and heartbeats.
+enum Woken {
+    Event(Event),
+    Command(Command, oneshot::Sender<Result<String, String>>),
+}
+
 enum Event {
     Done {
         group: usize,
@@ -262,40 +268,52 @@ async fn run(prepared: Prepared, daemon: Arc<Daemon>) {
         let now = now_ms();
         let deadline = heartbeats.next_deadline().min(core.next_deadline(now));
         let mut fresh = None;
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now))) => {}
+        let woken = tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(deadline.saturating_sub(now))) => None,
             Some((link, packet)) = links.arrived.recv() => {
                 if let Some((beat, advert)) = links.decode(link, &packet)
                     && heartbeats.received(link, beat, now_ms()).is_ok()
                 {
                     fresh = Some((advert, heartbeats.echo_sent_ms()));
                 }
+                None
             }
-            Some(event) = event_rx.recv() => match event {
-                Event::Done { group, resource, result } => {
-                    core.op_done(now_ms(), group, resource, result);
-                }
-                Event::Monitored { group, resource, health } => {
-                    core.monitored(now_ms(), group, resource, health);
-                }
-                Event::Lease { sent_ms, verdict } => core.lease_result(now_ms(), sent_ms, verdict),
-            },
-            Some((command, reply)) = commands.recv() => {
-                tracing::info!("cluster command: {command:?}");
-                let answer = core.command(now_ms(), command);
-                let _ = reply.send(answer);
-            }
-        }
+            Some(event) = event_rx.recv() => Some(Woken::Event(event)),
+            Some((command, reply)) = commands.recv() => Some(Woken::Command(command, reply)),
+        };
+        // The volumes' readiness as of now, before anything that may start a group on it
+        // (a lease granted, a command, a stop that finished) is handled.
         let now = now_ms();
-        for event in heartbeats.tick(now) {
-            log_event(&names, &view, event);
-        }
-        core.peer(now, heartbeats.peer_alive(), fresh);
         for group in 0..context.resources.len() {
             let ready = context.group_ready(group).await;
             core.set_ready(now, group, ready);
         }
         core.set_replication(now, context.replication().await);
+        match woken {
+            None => {}
+            Some(Woken::Event(Event::Done {
+                group,
+                resource,
+                result,
+            })) => core.op_done(now, group, resource, result),
+            Some(Woken::Event(Event::Monitored {
+                group,
+                resource,
+                health,
+            })) => core.monitored(now, group, resource, health),
+            Some(Woken::Event(Event::Lease { sent_ms, verdict })) => {
+                core.lease_result(now, sent_ms, verdict);
+            }
+            Some(Woken::Command(command, reply)) => {
+                tracing::info!("cluster command: {command:?}");
+                let answer = core.command(now, command);
+                let _ = reply.send(answer);
+            }
+        }
+        for event in heartbeats.tick(now) {
+            log_event(&names, &view, event);
+        }
+        core.peer(now, heartbeats.peer_alive(), fresh);
         core.tick(now);
         if core.take_advert_changed() {
             heartbeats.send_soon(now);
