@@ -7,7 +7,7 @@ use engine::sim::{SimOptions, run_cluster_seed};
 #[test]
 fn pieced_writes_are_simulated_and_pass_every_checker() {
     let mut pieced = 0;
-    for seed in 0..60 {
+    for seed in 0..20 {
         let options = SimOptions {
             seed,
             planted_bug: None,

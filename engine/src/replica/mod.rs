@@ -82,8 +82,8 @@ pub struct ReplicaConfig {
     /// activity log must hold the extents of one such write plus two.
     pub request_bytes_max: u64,
     /// While the peer receives writes under protocol B or C and at most one other client
-    /// write is in flight, a client data write is cut at multiples of this many bytes of the
-    /// volume into writes of their own (the request completes once, when all of them have):
+    /// write is in flight, a client data write is cut every this many bytes from its start
+    /// into writes of their own (the request completes once, when all of them have):
     /// the peer receives, opens and writes the first piece while the rest is still being
     /// sealed and sent, instead of one large write after the whole transfer.
     pub write_piece_bytes: u64,

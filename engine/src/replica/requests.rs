@@ -363,14 +363,17 @@ impl Replica {
             return self.complete(tag, Ok(None));
         }
         let volume = self.volume.as_ref().expect("serving implies attached");
-        let boundary = match kind {
-            WriteKind::Data(_) if self.pipeline_pieces() => {
-                self.config.write_piece_bytes.max(SECTOR_BYTES)
-            }
-            WriteKind::Data(_) => u64::MAX,
-            WriteKind::Trim | WriteKind::Zeroes => volume.activity_log.extent_bytes(),
+        // Data pieces are counted from the start of the request, so every piece of an aligned
+        // buffer stays aligned (direct I/O); extents from the start of the volume.
+        let (boundary, anchor) = match kind {
+            WriteKind::Data(_) if self.pipeline_pieces() => (
+                self.config.write_piece_bytes.max(SECTOR_BYTES),
+                range.offset,
+            ),
+            WriteKind::Data(_) => (u64::MAX, range.offset),
+            WriteKind::Trim | WriteKind::Zeroes => (volume.activity_log.extent_bytes(), 0),
         };
-        let pieces = split_at_multiples(range, boundary);
+        let pieces = split_at_multiples(range, boundary, anchor);
         if pieces.len() > 1 && matches!(kind, WriteKind::Data(_)) {
             self.requests.pieced_writes += 1;
         }
@@ -1067,14 +1070,15 @@ impl Replica {
     }
 }
 
-/// `range` cut at every multiple of `boundary` inside it.
-fn split_at_multiples(range: ByteRange, boundary: u64) -> Vec<ByteRange> {
+/// `range` cut at `anchor` plus every multiple of `boundary` inside it (`anchor` ≤ its start).
+fn split_at_multiples(range: ByteRange, boundary: u64, anchor: u64) -> Vec<ByteRange> {
     let mut pieces = Vec::new();
     let mut offset = range.offset;
     while offset < range.end() {
-        let end = (offset / boundary)
+        let end = ((offset - anchor) / boundary)
             .saturating_add(1)
             .saturating_mul(boundary)
+            .saturating_add(anchor)
             .min(range.end());
         pieces.push(ByteRange::new(offset, end - offset));
         offset = end;
@@ -1182,21 +1186,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_are_cut_at_every_multiple_inside_them() {
+    fn ranges_are_cut_at_every_multiple_from_the_anchor() {
         let piece = 256 << 10;
-        let pieces =
-            split_at_multiples(ByteRange::new(piece - 4096, 4096 + 2 * piece + 512), piece);
+        let cut = |offset, length, anchor| -> Vec<(u64, u64)> {
+            split_at_multiples(ByteRange::new(offset, length), piece, anchor)
+                .iter()
+                .map(|p| (p.offset, p.length))
+                .collect()
+        };
+        // From the volume's start (extents): the first and last pieces are short.
         let expected = [
             (piece - 4096, 4096),
             (piece, piece),
             (2 * piece, piece),
             (3 * piece, 512),
         ];
-        let got: Vec<_> = pieces.iter().map(|p| (p.offset, p.length)).collect();
-        assert_eq!(got, expected);
-        let inside = ByteRange::new(piece + 512, 4096);
-        assert_eq!(split_at_multiples(inside, piece), vec![inside]);
+        assert_eq!(cut(piece - 4096, 4096 + 2 * piece + 512, 0), expected);
+        // From the request's start (data): only the last one is.
+        let start = piece - 512;
+        let expected = [
+            (start, piece),
+            (start + piece, piece),
+            (start + 2 * piece, 1024),
+        ];
+        assert_eq!(cut(start, 2 * piece + 1024, start), expected);
+        assert_eq!(cut(piece + 512, 4096, 0), [(piece + 512, 4096)]);
         let whole = ByteRange::new(3 * piece, 1 << 30);
-        assert_eq!(split_at_multiples(whole, u64::MAX), vec![whole]);
+        assert_eq!(split_at_multiples(whole, u64::MAX, 0), vec![whole]);
+        assert_eq!(
+            split_at_multiples(whole, u64::MAX, whole.offset),
+            vec![whole]
+        );
     }
 }
