@@ -318,6 +318,8 @@ struct Lease {
     /// The arbiter said this node's data is outdated: that node ran without it.
     outdated_by: Option<String>,
     in_flight: Option<u64>,
+    /// The replication state the request in flight carried.
+    sent: Replication,
     next_ms: u64,
     holder: Option<String>,
     error: Option<String>,
@@ -749,6 +751,11 @@ impl Cluster {
                 self.lease.error = Some(error);
                 self.lease.next_ms = now_ms + timing.interval_ms / 2;
             }
+        }
+        if self.lease.sent != self.replication {
+            // It changed while the request was out (the peer fell behind): tell the arbiter
+            // at once, not at the next renewal.
+            self.lease.next_ms = now_ms;
         }
         self.step(now_ms);
     }
@@ -1253,6 +1260,7 @@ impl Cluster {
         let need = self.active() || wants_takeover;
         if need && now_ms >= self.lease.next_ms {
             self.lease.in_flight = Some(now_ms);
+            self.lease.sent = self.replication;
             self.lease.next_ms = now_ms + self.spec.timing.interval_ms;
             let force = self.groups.iter().any(|state| {
                 state.intent.enabled

@@ -377,7 +377,7 @@ impl Sim {
         // The volumes first: whatever is delivered now is handled with readiness as of now,
         // as the daemon reads it before it handles an event.
         self.step_volumes()?;
-        self.refresh_ready();
+        self.refresh_volumes();
         // Deliver what is due.
         let mut due = Vec::new();
         let mut index = 0;
@@ -391,10 +391,9 @@ impl Sim {
         for pending in due {
             self.deliver(pending)?;
         }
-        // Again, for a node that booted just now.
-        self.refresh_ready();
-        let replication = self.replication();
-        for (node, replication) in replication.into_iter().enumerate() {
+        // Again, for a node that booted or a link that changed just now.
+        self.refresh_volumes();
+        for node in 0..2 {
             let mut changed = None;
             if let Some(n) = &mut self.nodes[node] {
                 for event in n.heartbeats.tick(now) {
@@ -402,7 +401,6 @@ impl Sim {
                 }
                 let alive = n.heartbeats.peer_alive();
                 n.cluster.peer(now, alive, None);
-                n.cluster.set_replication(now, replication);
                 n.cluster.tick(now);
                 if n.cluster.take_advert_changed() {
                     n.heartbeats.send_soon(now);
@@ -440,13 +438,16 @@ impl Sim {
         self.check()
     }
 
-    /// Tells each node's cluster core its volumes' readiness.
-    fn refresh_ready(&mut self) {
+    /// Tells each node's cluster core its volumes' readiness and replication, as the daemon
+    /// does before it handles anything that woke it.
+    fn refresh_volumes(&mut self) {
         let now = self.now;
-        for node in 0..2 {
+        let replication = self.replication();
+        for (node, replication) in replication.into_iter().enumerate() {
             let ready = self.ready[node] || self.options.plant == Some(Plant::IgnoreReady);
             if let Some(n) = &mut self.nodes[node] {
                 n.cluster.set_ready(now, 0, ready);
+                n.cluster.set_replication(now, replication);
             }
         }
     }

@@ -422,3 +422,59 @@ fn losing_only_the_witness_stops_nothing() {
     assert!(!stopped, "alpha stopped: {:?}", sim.group_state(0));
     assert!(!sim.fenced(0));
 }
+
+/// The first lease request a lone node makes, with the replication state it carries.
+fn first_lease_request(cluster: &mut Cluster) -> (u64, Replication) {
+    cluster.set_ready(0, 0, true);
+    let mut now = 0;
+    loop {
+        now += 100;
+        assert!(now < 60_000, "no lease request within 60 s");
+        cluster.peer(now, false, None);
+        cluster.tick(now);
+        if let Some(replication) = acquire(cluster, now) {
+            return (now, replication);
+        }
+    }
+}
+
+/// The replication state of a lease request among the core's actions, if it asked; starts and
+/// stops succeed at once.
+fn acquire(cluster: &mut Cluster, now: u64) -> Option<Replication> {
+    let mut asked = None;
+    for action in cluster.take_actions() {
+        match action {
+            Action::Acquire { replication, .. } => asked = Some(replication),
+            Action::Start {
+                group, resource, ..
+            }
+            | Action::Stop {
+                group, resource, ..
+            } => cluster.op_done(now, group, resource, Ok(())),
+            _ => {}
+        }
+    }
+    asked
+}
+
+#[test]
+fn a_replication_change_while_a_lease_request_is_out_is_sent_at_once() {
+    let unreachable = || Verdict::Unreachable("timed out".to_string());
+    // Unchanged: the next request waits half an interval.
+    let mut cluster = Cluster::new(spec(0, true), 0);
+    let (sent_ms, _) = first_lease_request(&mut cluster);
+    cluster.lease_result(sent_ms + 1, sent_ms, unreachable());
+    cluster.tick(sent_ms + 1);
+    assert_eq!(acquire(&mut cluster, sent_ms + 1), None);
+    // Changed while the request was out: asked again at once, with the new state.
+    let mut cluster = Cluster::new(spec(0, true), 0);
+    let (sent_ms, sent) = first_lease_request(&mut cluster);
+    let changed = Replication {
+        peer_behind: !sent.peer_behind,
+        ..sent
+    };
+    cluster.set_replication(sent_ms, changed);
+    cluster.lease_result(sent_ms + 1, sent_ms, unreachable());
+    cluster.tick(sent_ms + 1);
+    assert_eq!(acquire(&mut cluster, sent_ms + 1), Some(changed));
+}
