@@ -783,7 +783,7 @@ impl Replica {
 
     /// Client data writes cut into pieces so far (see `ReplicaConfig::write_piece_bytes`).
     pub fn pieced_writes(&self) -> u64 {
-        self.requests.pieced_writes()
+        self.requests.pieced_writes
     }
 
     /// The current role.

@@ -115,7 +115,7 @@ pub(super) struct Requests {
     flushes: HashMap<u64, PendingFlush>,
     next_flush_id: u64,
     /// Client data writes cut into pieces so far.
-    pieced_writes: u64,
+    pub(super) pieced_writes: u64,
     /// Writes may be issued only once this superblock version is durable.
     superblock_gate: u64,
     /// The next sequence number to assign.
@@ -164,11 +164,6 @@ impl Requests {
     /// Client requests accepted and not yet completed.
     pub(super) fn in_flight(&self) -> usize {
         self.parents.len() + self.reads_in_flight + self.flushes.len()
-    }
-
-    /// Client data writes cut into pieces so far.
-    pub(super) fn pieced_writes(&self) -> u64 {
-        self.pieced_writes
     }
 
     /// Client writes queued or in flight.
@@ -348,10 +343,10 @@ impl Replica {
             && self.replicating()
     }
 
-    /// Queues a client write, cut into pieces at multiples of a boundary of the volume: data
-    /// writes at `write_piece_bytes` when `pipeline_pieces` says so, trims and zeroings at
-    /// activity-log extents (so that one request never needs more of the log than a data write
-    /// of the maximum size does).
+    /// Queues a client write, cut into pieces: data writes every `write_piece_bytes` from their
+    /// start when `pipeline_pieces` says so, trims and zeroings at activity-log extent
+    /// boundaries (so that one request never needs more of the log than a data write of the
+    /// maximum size does).
     fn queue_client_write(
         &mut self,
         tag: RequestTag,
